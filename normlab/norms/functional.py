@@ -1,0 +1,255 @@
+"""The pure functional core every normalization layer is built from.
+
+Plain `jnp`/`lax` functions, no module calls: the layers in this package only
+choose axes and own variables, then call these. Three ideas set them apart from
+`flax.linen.normalization`:
+
+* **Accurate single-pass variance.** ``E[x^2] - E[x]^2`` collapses in float32
+  when the mean is large against the spread (``1e4 + N(0, 1)`` loses every
+  digit). :func:`moments` subtracts a shift ``K`` (the value of the first
+  element of each statistic, a constant under `stop_gradient`) before the one
+  fused reduction, so it computes ``Var[x - K]`` with ``E[x - K]`` near zero.
+  The result is exact algebra for any ``K``; only rounding depends on it.
+* **Pooled statistics, not averaged ones.** Across devices it reduces sums and
+  example counts (one stacked `psum`), so masked or uneven shards give the
+  statistics of the pooled examples instead of a mean of per-device means.
+* **Device groups inside `shard_map`.** `shard_map` has no
+  ``axis_index_groups``; a group-wise sum is one `psum` of a
+  ``(num_groups, ...)`` buffer where each device writes only its group's slot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+class Moments(NamedTuple):
+    """Statistics of a normalization, each broadcastable to the input.
+
+    Attributes:
+      mean: the mean over the reduced axes (zeros when the mean is not used).
+      var: the biased (population) variance over the reduced axes, or the mean
+        square when the mean is not used (RMSNorm).
+      count: how many (unmasked) elements each statistic pooled, summed over
+        devices; used for the unbiased variance correction.
+    """
+
+    mean: jax.Array
+    var: jax.Array
+    count: jax.Array
+
+
+def canonical_axes(ndim: int, axes: int | Iterable[int], *, what: str = "axes") -> tuple[int, ...]:
+    """Returns sorted non-negative axes; raises ValueError on out-of-range ones."""
+    if isinstance(axes, int):
+        axes = (axes,)
+    axes = tuple(axes)
+    out = []
+    for axis in axes:
+        if not isinstance(axis, int) or not -ndim <= axis < ndim:
+            raise ValueError(
+                f"{what}={axes} is out of range for an input of rank {ndim}: "
+                f"valid axes are {-ndim}..{ndim - 1}"
+            )
+        out.append(axis % ndim)
+    if len(set(out)) != len(out):
+        raise ValueError(f"{what}={axes} names the same axis twice for an input of rank {ndim}")
+    return tuple(sorted(out))
+
+
+def stats_dtype(x_dtype, dtype=None, force_float32: bool = True):
+    """The dtype statistics are computed in: at least float32 unless told otherwise."""
+    dtype = x_dtype if dtype is None else dtype
+    return jnp.promote_types(dtype, jnp.float32) if force_float32 else jnp.dtype(dtype)
+
+
+def axis_size(axis_name: str) -> int:
+    """The size of a named mapped axis, with a clear error outside a mapped context."""
+    try:
+        return lax.axis_size(axis_name)
+    except NameError as e:
+        raise ValueError(
+            f"axis_name={axis_name!r} is not bound: cross-device statistics must run inside "
+            f"jax.shard_map (or jax.pmap) over a mesh axis named {axis_name!r}; outside one, "
+            "pass axis_name=None"
+        ) from e
+
+
+def grouped_psum(
+    value: jax.Array,
+    axis_name: str,
+    *,
+    group_size: int | None = None,
+    axis_index_groups: Sequence[Sequence[int]] | None = None,
+) -> jax.Array:
+    """`psum` over `axis_name`, optionally within groups of consecutive devices.
+
+    Args:
+      value: the per-device value to sum.
+      axis_name: the mapped axis.
+      group_size: if set, sum only over the `group_size` consecutive devices
+        that share ``axis_index // group_size`` (works under `shard_map`).
+      axis_index_groups: explicit groups, passed to `lax.psum` (pmap only).
+    """
+    size = axis_size(axis_name)
+    if axis_index_groups is not None:
+        return lax.psum(value, axis_name, axis_index_groups=axis_index_groups)
+    if group_size is None or group_size == size:
+        return lax.psum(value, axis_name)
+    num_groups = size // group_size
+    group = lax.axis_index(axis_name) // group_size
+    onehot = jax.nn.one_hot(group, num_groups, dtype=value.dtype)
+    slots = onehot.reshape((num_groups,) + (1,) * value.ndim) * value[None]
+    return lax.dynamic_index_in_dim(lax.psum(slots, axis_name), group, keepdims=False)
+
+
+def moments(
+    x: jax.Array,
+    axes: Sequence[int],
+    *,
+    dtype=jnp.float32,
+    mask: jax.Array | None = None,
+    use_mean: bool = True,
+    single_pass: bool = True,
+    axis_name: str | None = None,
+    group_size: int | None = None,
+    axis_index_groups: Sequence[Sequence[int]] | None = None,
+) -> Moments:
+    """Mean and biased variance of `x` over `axes`, kept as broadcastable dims.
+
+    Args:
+      x: the input.
+      axes: non-negative axes to reduce.
+      dtype: the dtype of the reduction (float32 for half-precision inputs).
+      mask: optional boolean array broadcastable to `x`; only True elements
+        count towards the statistics.
+      use_mean: False gives the mean square instead of the variance (RMSNorm).
+      single_pass: True reduces shifted sums and squares in one fused pass and
+        one collective; False subtracts the exact mean first (two passes, two
+        collectives). Both are accurate; the second is the textbook reference.
+      axis_name: a mapped axis to pool the statistics over.
+      group_size: pool only within groups of this many consecutive devices.
+      axis_index_groups: explicit device groups (pmap only).
+
+    Returns:
+      `Moments` whose arrays have `x`'s rank with size-1 reduced axes.
+    """
+    x = x.astype(dtype)
+    if mask is not None:
+        weights = jnp.broadcast_to(mask, x.shape).astype(dtype)
+        count = jnp.sum(weights, axes, keepdims=True)
+    else:
+        weights = None
+        count = jnp.asarray(_static_count(x.shape, axes), dtype)
+
+    def pooled(*sums):
+        """Sums (count first) pooled over devices in one collective."""
+        if axis_name is None:
+            return sums
+        shape = jnp.broadcast_shapes(*(s.shape for s in sums))
+        stacked = jnp.stack([jnp.broadcast_to(s, shape) for s in sums])
+        total = grouped_psum(
+            stacked, axis_name, group_size=group_size, axis_index_groups=axis_index_groups
+        )
+        return tuple(total[i] for i in range(len(sums)))
+
+    def wsum(v):
+        return jnp.sum(v if weights is None else v * weights, axes, keepdims=True)
+
+    if not use_mean:
+        count, sq = pooled(count, wsum(lax.square(x)))
+        count = jnp.maximum(count, 1.0)
+        return Moments(jnp.zeros_like(sq), sq / count, count)
+
+    if single_pass:
+        shift = lax.stop_gradient(_first_element(x, axes))
+        if axis_name is not None:
+            # Every device in a pool must subtract the same shift.
+            shift = grouped_psum(
+                shift, axis_name, group_size=group_size, axis_index_groups=axis_index_groups
+            ) / (group_size or _group_len(axis_name, axis_index_groups))
+        d = x - shift
+        count, s1, s2 = pooled(count, wsum(d), wsum(lax.square(d)))
+        count = jnp.maximum(count, 1.0)
+        mean_d = s1 / count
+        var = jnp.maximum(s2 / count - lax.square(mean_d), 0.0)
+        return Moments(shift + mean_d, var, count)
+
+    count, s1 = pooled(count, wsum(x))
+    count = jnp.maximum(count, 1.0)
+    mean = s1 / count
+    (s2,) = pooled(wsum(lax.square(x - mean)))
+    return Moments(mean, s2 / count, count)
+
+
+def _static_count(shape: Sequence[int], axes: Sequence[int]) -> int:
+    n = 1
+    for a in axes:
+        n *= shape[a]
+    return n
+
+
+def _first_element(x: jax.Array, axes: Sequence[int]) -> jax.Array:
+    """`x` at index 0 of every reduced axis: a cheap per-statistic shift."""
+    index = tuple(slice(0, 1) if i in axes else slice(None) for i in range(x.ndim))
+    return x[index]
+
+
+def _group_len(axis_name: str, axis_index_groups) -> int:
+    if axis_index_groups is not None:
+        return len(axis_index_groups[0])
+    return axis_size(axis_name)
+
+
+def normalize(
+    x: jax.Array,
+    mean: jax.Array,
+    var: jax.Array,
+    *,
+    epsilon: float,
+    scale: jax.Array | None = None,
+    bias: jax.Array | None = None,
+    dtype=None,
+) -> jax.Array:
+    """``(x - mean) * rsqrt(var + epsilon) * scale + bias`` in `dtype`.
+
+    All statistics and parameters must already broadcast against `x`. The
+    per-feature factor ``rsqrt(var + eps) * scale`` is folded first so the
+    full-size tensor sees one subtract, one multiply and one add (writing it
+    left to right is ~2.5x slower on CPU). The mean is subtracted before the
+    multiply, not folded into the bias, so large offsets cancel exactly.
+    """
+    mul = lax.rsqrt(var + epsilon)
+    if scale is not None:
+        mul = mul * scale
+    y = (x - mean) * mul
+    if bias is not None:
+        y = y + bias
+    return y.astype(dtype) if dtype is not None else y
+
+
+def ema(running: jax.Array, batch: jax.Array, momentum: float) -> jax.Array:
+    """Exponential moving average with `momentum` as a decay (flax/haiku/TF).
+
+    ``running <- momentum * running + (1 - momentum) * batch``. PyTorch's
+    ``momentum=0.1`` is the weight of the *new* value: use
+    `momentum_from_pytorch` to convert.
+    """
+    return momentum * running + (1.0 - momentum) * batch
+
+
+def momentum_from_pytorch(torch_momentum: float) -> float:
+    """Converts PyTorch's BatchNorm momentum (new-value weight) to a decay."""
+    if not 0.0 < torch_momentum <= 1.0:
+        raise ValueError(f"PyTorch momentum must be in (0, 1], got {torch_momentum}")
+    return 1.0 - torch_momentum
+
+
+def unbiased(var: jax.Array, count: jax.Array) -> jax.Array:
+    """Bessel's correction ``var * n / (n - 1)`` (PyTorch's running variance)."""
+    return var * count / jnp.maximum(count - 1.0, 1.0)

@@ -1,0 +1,180 @@
+"""Normalization-activation layers: FRN + TLU and EvoNorm-B0 / -S0.
+
+These replace a norm *and* the activation after it. Models keep applying
+their own activation afterwards (ReLU after a TLU or EvoNorm output changes
+little, and keeps every norm a drop-in); pass ``act=identity`` to a model to
+follow the papers exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax.typing import Dtype, Initializer
+
+from normlab.norms import functional as F
+from normlab.norms.affine import affine_params, output_dtype
+from normlab.norms.batch_norm import BATCH_MOMENTS
+from normlab.norms.validation import check_epsilon, check_momentum
+
+
+def _channel_shapes(x):
+    c = x.shape[-1]
+    return (c,), (1,) * (x.ndim - 1) + (c,)
+
+
+class FilterResponseNorm(nn.Module):
+    """Filter Response Normalization with a Thresholded Linear Unit.
+
+    Singh & Krishnan 2019, "Filter Response Normalization Layer" (arXiv:1911.09737):
+    ``y = max(scale * x / sqrt(mean_hw(x^2) + eps) + bias, tau)``. No mean
+    subtraction and no batch dependence; the learned threshold ``tau`` (the
+    TLU) makes up for the missing centering. On inputs without spatial axes
+    (``(N, C)``) the statistic is ``x^2`` itself, where the paper recommends a
+    learned epsilon (``learnable_epsilon=True``: ``eps + |eps_l|``).
+    """
+
+    epsilon: float = 1e-6
+    learnable_epsilon: bool = False
+    use_tlu: bool = True
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    use_bias: bool = True
+    use_scale: bool = True
+    bias_init: Initializer = nn.initializers.zeros
+    scale_init: Initializer = nn.initializers.ones
+    tau_init: Initializer = nn.initializers.zeros
+    use_running_average: bool | None = None
+
+    def __post_init__(self):
+        check_epsilon("FilterResponseNorm", self.epsilon)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x):
+        feature_shape, bshape = _channel_shapes(x)
+        scale, bias = affine_params(self, feature_shape, bshape)
+        eps = self.epsilon
+        if self.learnable_epsilon:
+            eps = eps + jnp.abs(self.param("eps", nn.initializers.constant(1e-4), (), jnp.float32))
+        xf = x.astype(F.stats_dtype(x.dtype))
+        nu2 = jnp.mean(jnp.square(xf), axis=tuple(range(1, x.ndim - 1)), keepdims=True)
+        y = F.normalize(xf, 0.0, nu2, epsilon=eps, scale=scale, bias=bias)
+        if self.use_tlu:
+            tau = self.param("tau", self.tau_init, feature_shape, self.param_dtype)
+            y = jnp.maximum(y, tau.reshape(bshape))
+        return y.astype(output_dtype(x, scale, bias, self.dtype))
+
+
+class EvoNormB0(nn.Module):
+    """EvoNorm-B0 (Liu et al. 2020, "Evolving Normalization-Activation Layers", arXiv:2004.02967).
+
+    ``y = x / max(sqrt(var_batch + eps), v * x + sqrt(var_instance + eps)) * scale + bias``:
+    a batch-dependent layer whose batch variance (over all non-channel axes,
+    pooled over ``axis_name``) is tracked in ``batch_stats/var`` for inference.
+    """
+
+    use_running_average: bool | None = None
+    momentum: float = 0.99
+    epsilon: float = 1e-5
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    use_bias: bool = True
+    use_scale: bool = True
+    bias_init: Initializer = nn.initializers.zeros
+    scale_init: Initializer = nn.initializers.ones
+    v_init: Initializer = nn.initializers.ones
+    axis_name: str | None = None
+    axis_index_groups: Any = None
+
+    def __post_init__(self):
+        check_epsilon("EvoNormB0", self.epsilon)
+        check_momentum("EvoNormB0", self.momentum)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x, use_running_average: bool | None = None):
+        use_running_average = nn.merge_param(
+            "use_running_average", self.use_running_average, use_running_average
+        )
+        feature_shape, bshape = _channel_shapes(x)
+        scale, bias = affine_params(self, feature_shape, bshape)
+        v = self.param("v", self.v_init, feature_shape, self.param_dtype).reshape(bshape)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, feature_shape, jnp.float32)
+        xf = x.astype(F.stats_dtype(x.dtype))
+        if use_running_average:
+            batch_var = ra_var.value.reshape(bshape)
+        else:
+            initializing = self.is_initializing()
+            batch_var = F.moments(
+                xf,
+                tuple(range(x.ndim - 1)),
+                axis_name=None if initializing else self.axis_name,
+                axis_index_groups=None if initializing else self.axis_index_groups,
+            ).var
+            if not initializing:
+                self.sow(BATCH_MOMENTS, "var", batch_var.reshape(feature_shape))
+                ra_var.value = F.ema(ra_var.value, batch_var.reshape(feature_shape), self.momentum)
+        inst_var = F.moments(xf, tuple(range(1, x.ndim - 1))).var
+        denom = jnp.maximum(
+            jnp.sqrt(batch_var + self.epsilon), v * xf + jnp.sqrt(inst_var + self.epsilon)
+        )
+        y = xf / denom
+        y = y * scale if scale is not None else y
+        y = y + bias if bias is not None else y
+        return y.astype(output_dtype(x, scale, bias, self.dtype))
+
+
+class EvoNormS0(nn.Module):
+    """EvoNorm-S0 (Liu et al. 2020, arXiv:2004.02967): batch-independent.
+
+    ``y = x * sigmoid(v * x) / group_std(x) * scale + bias`` with the standard
+    deviation of each example over H, W and ``num_groups`` channel groups (as
+    in GroupNorm, default 32 groups; give ``group_size`` instead with
+    ``num_groups=None``).
+    """
+
+    num_groups: int | None = 32
+    group_size: int | None = None
+    epsilon: float = 1e-5
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    use_bias: bool = True
+    use_scale: bool = True
+    bias_init: Initializer = nn.initializers.zeros
+    scale_init: Initializer = nn.initializers.ones
+    v_init: Initializer = nn.initializers.ones
+    use_running_average: bool | None = None
+
+    def __post_init__(self):
+        check_epsilon("EvoNormS0", self.epsilon)
+        if (self.num_groups is None) == (self.group_size is None):
+            raise ValueError(
+                f"EvoNormS0(num_groups={self.num_groups}, group_size={self.group_size}): give "
+                "exactly one of them"
+            )
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x):
+        c = x.shape[-1]
+        groups = self.num_groups if self.group_size is None else c // self.group_size
+        if not groups or c % groups or (self.group_size and c % self.group_size):
+            raise ValueError(
+                f"EvoNormS0(num_groups={self.num_groups}, group_size={self.group_size}) does "
+                f"not divide the {c} channels of the input"
+            )
+        feature_shape, bshape = _channel_shapes(x)
+        scale, bias = affine_params(self, feature_shape, bshape)
+        v = self.param("v", self.v_init, feature_shape, self.param_dtype).reshape(bshape)
+        xf = x.astype(F.stats_dtype(x.dtype))
+        grouped = x.shape[:-1] + (groups, c // groups)
+        var = F.moments(xf.reshape(grouped), tuple(range(1, x.ndim - 1)) + (x.ndim,)).var
+        std = jnp.broadcast_to(jnp.sqrt(var + self.epsilon), grouped).reshape(x.shape)
+        y = xf * jax.nn.sigmoid(v * xf) / std
+        y = y * scale if scale is not None else y
+        y = y + bias if bias is not None else y
+        return y.astype(output_dtype(x, scale, bias, self.dtype))
