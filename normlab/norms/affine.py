@@ -15,10 +15,10 @@ def affine_params(mdl: nn.Module, feature_shape, bshape, *, use_bias: bool | Non
     use_bias = mdl.use_bias if use_bias is None else use_bias
     scale = bias = None
     if mdl.use_scale:
-        scale = mdl.param("scale", mdl.scale_init, feature_shape, mdl.param_dtype).reshape(bshape)
+        scale = mdl.param('scale', mdl.scale_init, feature_shape, mdl.param_dtype).reshape(bshape)
     if use_bias:
-        bias = mdl.param("bias", mdl.bias_init, feature_shape, mdl.param_dtype).reshape(bshape)
-    if not getattr(mdl, "force_float32_reductions", True):
+        bias = mdl.param('bias', mdl.bias_init, feature_shape, mdl.param_dtype).reshape(bshape)
+    if not getattr(mdl, 'force_float32_reductions', True):
         scale = None if scale is None else jnp.asarray(scale, mdl.param_dtype)
         bias = None if bias is None else jnp.asarray(bias, mdl.param_dtype)
     return scale, bias

@@ -50,7 +50,7 @@ from normlab.norms.validation import check_epsilon, check_momentum, check_positi
 
 # Collection where BatchNorm-like layers `sow` the statistics of the current
 # batch (only when the caller makes it mutable): precise BN reads them.
-BATCH_MOMENTS = "batch_moments"
+BATCH_MOMENTS = 'batch_moments'
 
 
 class BatchStatsLayout:
@@ -65,9 +65,9 @@ class BatchStatsLayout:
         if k < batch:
             if batch % k:
                 raise ValueError(
-                    f"{module}(virtual_batch_size={k}) does not divide the local batch of "
-                    f"{batch} examples: use a divisor of {batch}, {batch} itself, or a multiple "
-                    "of it that divides the global batch"
+                    f'{module}(virtual_batch_size={k}) does not divide the local batch of '
+                    f'{batch} examples: use a divisor of {batch}, {batch} itself, or a multiple '
+                    'of it that divides the global batch'
                 )
             self.ghost_groups = batch // k
             self.axis_name = None
@@ -76,20 +76,20 @@ class BatchStatsLayout:
         else:
             if k % batch:
                 raise ValueError(
-                    f"{module}(virtual_batch_size={k}) is larger than the local batch of "
-                    f"{batch} examples but not a multiple of it"
+                    f'{module}(virtual_batch_size={k}) is larger than the local batch of '
+                    f'{batch} examples but not a multiple of it'
                 )
             if axis_name is None:
                 raise ValueError(
-                    f"{module}(virtual_batch_size={k}) spans {k // batch} devices (local batch "
-                    f"{batch}) but axis_name is None: set axis_name and run under jax.shard_map"
+                    f'{module}(virtual_batch_size={k}) spans {k // batch} devices (local batch '
+                    f'{batch}) but axis_name is None: set axis_name and run under jax.shard_map'
                 )
             devices = F.axis_size(axis_name)
             if devices % (k // batch):
                 raise ValueError(
-                    f"{module}(virtual_batch_size={k}) does not divide the global batch of "
-                    f"{batch * devices} examples ({devices} devices x {batch}) on axis "
-                    f"{axis_name!r}"
+                    f'{module}(virtual_batch_size={k}) does not divide the global batch of '
+                    f'{batch * devices} examples ({devices} devices x {batch}) on axis '
+                    f'{axis_name!r}'
                 )
             self.group_size = k // batch
 
@@ -131,7 +131,7 @@ class BatchNorm(nn.Module):
         name = type(self).__name__
         check_epsilon(name, self.epsilon)
         check_momentum(name, self.momentum)
-        check_positive_int(name, "virtual_batch_size", self.virtual_batch_size)
+        check_positive_int(name, 'virtual_batch_size', self.virtual_batch_size)
         super().__post_init__()
 
     @nn.compact
@@ -145,15 +145,15 @@ class BatchNorm(nn.Module):
             count towards the statistics (e.g. padded eval examples).
         """
         use_running_average = nn.merge_param(
-            "use_running_average", self.use_running_average, use_running_average
+            'use_running_average', self.use_running_average, use_running_average
         )
-        feature_axes = F.canonical_axes(x.ndim, self.axis, what=f"{type(self).__name__}(axis)")
+        feature_axes = F.canonical_axes(x.ndim, self.axis, what=f'{type(self).__name__}(axis)')
         reduction_axes = tuple(i for i in range(x.ndim) if i not in feature_axes)
         feature_shape = tuple(x.shape[a] for a in feature_axes)
         bshape = tuple(x.shape[i] if i in feature_axes else 1 for i in range(x.ndim))
         stat_dtype = jnp.float32 if self.force_float32_reductions else self.param_dtype
-        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, feature_shape, stat_dtype)
-        ra_var = self.variable("batch_stats", "var", jnp.ones, feature_shape, stat_dtype)
+        ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, feature_shape, stat_dtype)
+        ra_var = self.variable('batch_stats', 'var', jnp.ones, feature_shape, stat_dtype)
         scale, bias = affine_params(self, feature_shape, bshape)
         out_dtype = output_dtype(x, scale, bias, self.dtype)
 
@@ -171,8 +171,8 @@ class BatchNorm(nn.Module):
         if not self.is_initializing():
             if self.unbiased_running_var:
                 var = F.unbiased(var, count)
-            self.sow(BATCH_MOMENTS, "mean", mean)
-            self.sow(BATCH_MOMENTS, "var", var)
+            self.sow(BATCH_MOMENTS, 'mean', mean)
+            self.sow(BATCH_MOMENTS, 'var', var)
             if self.update_stats:
                 ra_mean.value = F.ema(ra_mean.value, mean, self.momentum)
                 ra_var.value = F.ema(ra_var.value, var, self.momentum)
@@ -182,7 +182,7 @@ class BatchNorm(nn.Module):
         """Statistics of the current batch as (x_grouped, Moments, ghost_groups)."""
         name = type(self).__name__
         if reduction_axes and reduction_axes[0] != 0 and self.virtual_batch_size is not None:
-            raise ValueError(f"{name}(virtual_batch_size=...) needs examples on axis 0")
+            raise ValueError(f'{name}(virtual_batch_size=...) needs examples on axis 0')
         if self.is_initializing():
             # Nothing is updated at init, and the init batch need not fit the layout.
             layout = BatchStatsLayout(name, x.shape[0], None, None)
@@ -217,6 +217,10 @@ class BatchNorm(nn.Module):
         self, x, mask, reduction_axes, feature_shape, scale, bias, out_dtype, running
     ):
         xg, m, g = self._batch_moments(x, mask, reduction_axes)
+        if g > 1:  # per-feature arrays gain the ghost-group axis
+            scale, bias, *running = (
+                None if a is None else a[None] for a in (scale, bias, *running)
+            )
         scale, bias = self._batch_affine(m, running, scale, bias)
         y = F.normalize(xg, m.mean, m.var, epsilon=self.epsilon, scale=scale, bias=bias)
         y = y.reshape(x.shape).astype(out_dtype)

@@ -25,7 +25,7 @@ from jax import lax
 from normlab.norms.batch_norm import BatchNorm
 from normlab.norms.functional import Moments
 
-STEPS_COLLECTION = "norm_steps"
+STEPS_COLLECTION = 'norm_steps'
 
 
 class BatchRenorm(BatchNorm):
@@ -45,8 +45,8 @@ class BatchRenorm(BatchNorm):
     def __post_init__(self):
         if not self.r_max >= 1.0 or not self.d_max >= 0.0 or self.ramp_steps < 0:
             raise ValueError(
-                f"BatchRenorm(r_max={self.r_max}, d_max={self.d_max}, "
-                f"ramp_steps={self.ramp_steps}): need r_max >= 1, d_max >= 0, ramp_steps >= 0"
+                f'BatchRenorm(r_max={self.r_max}, d_max={self.d_max}, '
+                f'ramp_steps={self.ramp_steps}): need r_max >= 1, d_max >= 0, ramp_steps >= 0'
             )
         super().__post_init__()
 
@@ -58,7 +58,7 @@ class BatchRenorm(BatchNorm):
         return 1.0 + (self.r_max - 1.0) * frac, self.d_max * frac
 
     def _batch_affine(self, m: Moments, running, scale, bias):
-        steps = self.variable(STEPS_COLLECTION, "steps", lambda: jnp.zeros((), jnp.int32))
+        steps = self.variable(STEPS_COLLECTION, 'steps', lambda: jnp.zeros((), jnp.int32))
         if self.is_initializing():
             return scale, bias
         r_max, d_max = self.clip_limits(steps.value)

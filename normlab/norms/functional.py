@@ -44,7 +44,7 @@ class Moments(NamedTuple):
     count: jax.Array
 
 
-def canonical_axes(ndim: int, axes: int | Iterable[int], *, what: str = "axes") -> tuple[int, ...]:
+def canonical_axes(ndim: int, axes: int | Iterable[int], *, what: str = 'axes') -> tuple[int, ...]:
     """Returns sorted non-negative axes; raises ValueError on out-of-range ones."""
     if isinstance(axes, int):
         axes = (axes,)
@@ -53,12 +53,12 @@ def canonical_axes(ndim: int, axes: int | Iterable[int], *, what: str = "axes") 
     for axis in axes:
         if not isinstance(axis, int) or not -ndim <= axis < ndim:
             raise ValueError(
-                f"{what}={axes} is out of range for an input of rank {ndim}: "
-                f"valid axes are {-ndim}..{ndim - 1}"
+                f'{what}={axes} is out of range for an input of rank {ndim}: '
+                f'valid axes are {-ndim}..{ndim - 1}'
             )
         out.append(axis % ndim)
     if len(set(out)) != len(out):
-        raise ValueError(f"{what}={axes} names the same axis twice for an input of rank {ndim}")
+        raise ValueError(f'{what}={axes} names the same axis twice for an input of rank {ndim}')
     return tuple(sorted(out))
 
 
@@ -74,9 +74,9 @@ def axis_size(axis_name: str) -> int:
         return lax.axis_size(axis_name)
     except NameError as e:
         raise ValueError(
-            f"axis_name={axis_name!r} is not bound: cross-device statistics must run inside "
-            f"jax.shard_map (or jax.pmap) over a mesh axis named {axis_name!r}; outside one, "
-            "pass axis_name=None"
+            f'axis_name={axis_name!r} is not bound: cross-device statistics must run inside '
+            f'jax.shard_map (or jax.pmap) over a mesh axis named {axis_name!r}; outside one, '
+            'pass axis_name=None'
         ) from e
 
 
@@ -246,7 +246,7 @@ def ema(running: jax.Array, batch: jax.Array, momentum: float) -> jax.Array:
 def momentum_from_pytorch(torch_momentum: float) -> float:
     """Converts PyTorch's BatchNorm momentum (new-value weight) to a decay."""
     if not 0.0 < torch_momentum <= 1.0:
-        raise ValueError(f"PyTorch momentum must be in (0, 1], got {torch_momentum}")
+        raise ValueError(f'PyTorch momentum must be in (0, 1], got {torch_momentum}')
     return 1.0 - torch_momentum
 
 

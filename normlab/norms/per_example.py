@@ -93,8 +93,8 @@ class LayerNorm(_PerExampleNorm):
         if self.reduction_axes is None:
             red = tuple(range(1, x.ndim))
         else:
-            red = F.canonical_axes(x.ndim, self.reduction_axes, what="LayerNorm(reduction_axes)")
-        feat = F.canonical_axes(x.ndim, self.feature_axes, what="LayerNorm(feature_axes)")
+            red = F.canonical_axes(x.ndim, self.reduction_axes, what='LayerNorm(reduction_axes)')
+        feat = F.canonical_axes(x.ndim, self.feature_axes, what='LayerNorm(feature_axes)')
         return self._run(x, red, feat, mask)
 
 
@@ -119,8 +119,8 @@ class RMSNorm(_PerExampleNorm):
 
     @nn.compact
     def __call__(self, x, *, mask=None):
-        red = F.canonical_axes(x.ndim, self.reduction_axes, what="RMSNorm(reduction_axes)")
-        feat = F.canonical_axes(x.ndim, self.feature_axes, what="RMSNorm(feature_axes)")
+        red = F.canonical_axes(x.ndim, self.reduction_axes, what='RMSNorm(reduction_axes)')
+        feat = F.canonical_axes(x.ndim, self.feature_axes, what='RMSNorm(feature_axes)')
         return self._run(x, red, feat, mask, use_mean=False, use_bias=False)
 
 
@@ -147,10 +147,10 @@ class InstanceNorm(_PerExampleNorm):
 
     @nn.compact
     def __call__(self, x, *, mask=None):
-        feat = F.canonical_axes(x.ndim, self.feature_axes, what="InstanceNorm(feature_axes)")
+        feat = F.canonical_axes(x.ndim, self.feature_axes, what='InstanceNorm(feature_axes)')
         if 0 in feat:
             raise ValueError(
-                f"InstanceNorm(feature_axes={self.feature_axes}) includes axis 0, the batch axis"
+                f'InstanceNorm(feature_axes={self.feature_axes}) includes axis 0, the batch axis'
             )
         red = tuple(i for i in range(1, x.ndim) if i not in feat)
         return self._run(x, red, feat, mask)
@@ -184,13 +184,13 @@ class GroupNorm(_PerExampleNorm):
     def __post_init__(self):
         if (self.num_groups is None) == (self.group_size is None):
             raise ValueError(
-                f"GroupNorm(num_groups={self.num_groups}, group_size={self.group_size}): give "
-                "exactly one of them (num_groups=None to use group_size)"
+                f'GroupNorm(num_groups={self.num_groups}, group_size={self.group_size}): give '
+                'exactly one of them (num_groups=None to use group_size)'
             )
-        for name in ("num_groups", "group_size"):
+        for name in ('num_groups', 'group_size'):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value <= 0):
-                raise ValueError(f"GroupNorm({name}={value!r}): must be a positive int")
+                raise ValueError(f'GroupNorm({name}={value!r}): must be a positive int')
         super().__post_init__()
 
     def num_groups_for(self, channels: int) -> int:
@@ -198,15 +198,15 @@ class GroupNorm(_PerExampleNorm):
         if self.group_size is not None:
             if channels % self.group_size:
                 raise ValueError(
-                    f"GroupNorm(group_size={self.group_size}) does not divide the {channels} "
-                    "channels of the input"
+                    f'GroupNorm(group_size={self.group_size}) does not divide the {channels} '
+                    'channels of the input'
                 )
             return channels // self.group_size
         if channels % self.num_groups:
             divisors = [d for d in range(1, channels + 1) if channels % d == 0]
             raise ValueError(
-                f"GroupNorm(num_groups={self.num_groups}) does not divide the {channels} "
-                f"channels of the input; valid num_groups: {divisors}"
+                f'GroupNorm(num_groups={self.num_groups}) does not divide the {channels} '
+                f'channels of the input; valid num_groups: {divisors}'
             )
         return self.num_groups
 
@@ -215,11 +215,11 @@ class GroupNorm(_PerExampleNorm):
         if self.reduction_axes is None:
             red = tuple(range(1, x.ndim))
         else:
-            red = F.canonical_axes(x.ndim, self.reduction_axes, what="GroupNorm(reduction_axes)")
+            red = F.canonical_axes(x.ndim, self.reduction_axes, what='GroupNorm(reduction_axes)')
         if not red or red[-1] != x.ndim - 1:
             raise ValueError(
-                f"GroupNorm(reduction_axes={self.reduction_axes}) must include the last "
-                "(channel) axis"
+                f'GroupNorm(reduction_axes={self.reduction_axes}) must include the last '
+                '(channel) axis'
             )
         channels = x.shape[-1]
         groups = self.num_groups_for(channels)
@@ -227,7 +227,9 @@ class GroupNorm(_PerExampleNorm):
         # In the grouped view the statistics reduce the old axes and the
         # within-group channel axis; the group axis stays.
         red_grouped = red[:-1] + (x.ndim,)
-        scale, bias = affine_params(self, (channels,), (groups, channels // groups))
+        scale, bias = affine_params(
+            self, (channels,), (1,) * (x.ndim - 1) + (groups, channels // groups)
+        )
         if mask is not None:
             mask = jnp.broadcast_to(mask, x.shape).reshape(grouped)
         m = F.moments(

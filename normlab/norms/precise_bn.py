@@ -34,11 +34,11 @@ def batch_moments_fn(model: nn.Module, **apply_kwargs) -> Callable[[Any, Any], A
 
     def moments(variables, batch):
         args = batch if isinstance(batch, tuple) else (batch,)
-        mutable = [c for c in variables if c != "params"] + [BATCH_MOMENTS]
+        mutable = [c for c in variables if c != 'params'] + [BATCH_MOMENTS]
         _, state = model.apply(variables, *args, mutable=mutable, **apply_kwargs)
         # A layer called several times sowed one value per call.
         return jax.tree.map(
-            lambda *calls: jnp.mean(jnp.stack(calls), axis=0),
+            lambda calls: jnp.mean(jnp.stack(calls), axis=0),
             state.get(BATCH_MOMENTS, {}),
             is_leaf=lambda t: isinstance(t, tuple),
         )
@@ -78,8 +78,8 @@ def recompute_batch_stats(
                                     num_batches=200, train=True)
       variables = {**variables, 'batch_stats': stats}
     """
-    if "batch_stats" not in variables:
-        raise ValueError("recompute_batch_stats: the model has no batch_stats to recompute")
+    if 'batch_stats' not in variables:
+        raise ValueError('recompute_batch_stats: the model has no batch_stats to recompute')
     fn = moments_fn or batch_moments_fn(model, **apply_kwargs)
     total, n = None, 0
     for batch in batches:
@@ -89,11 +89,11 @@ def recompute_batch_stats(
         total = m if total is None else jax.tree.map(jnp.add, total, m)
         n += 1
     if n == 0:
-        raise ValueError("recompute_batch_stats: got no batches")
+        raise ValueError('recompute_batch_stats: got no batches')
     averaged = traverse_util.flatten_dict(jax.tree.map(lambda t: t / n, total))
-    stats = traverse_util.flatten_dict(jax.device_get(variables["batch_stats"]))
-    missing = sorted("/".join(k) for k in averaged if k not in stats)
+    stats = traverse_util.flatten_dict(jax.device_get(variables['batch_stats']))
+    missing = sorted('/'.join(k) for k in averaged if k not in stats)
     if missing:
-        raise ValueError(f"recompute_batch_stats: sown statistics {missing} are not batch_stats")
+        raise ValueError(f'recompute_batch_stats: sown statistics {missing} are not batch_stats')
     stats.update(averaged)
     return traverse_util.unflatten_dict(stats)

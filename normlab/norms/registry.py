@@ -32,24 +32,24 @@ _STATEFUL: set[type[nn.Module]] = set()
 def register(name: str, cls: type[nn.Module], *, stateful: bool = False, **defaults) -> None:
     """Adds a norm; refuses a name registered twice."""
     if name in NORMS:
-        raise ValueError(f"norm {name!r} is already registered (as {NORMS[name].__name__})")
+        raise ValueError(f'norm {name!r} is already registered (as {NORMS[name].__name__})')
     NORMS[name] = cls
     _DEFAULTS[name] = defaults
     if stateful:
         _STATEFUL.add(cls)
 
 
-register("batch_norm", BatchNorm, stateful=True)
+register('batch_norm', BatchNorm, stateful=True)
 # Over (H, W, C) for feature maps: the LayerNorm of Ba et al. and of the GN paper.
-register("layer_norm", LayerNorm, reduction_axes=None)
-register("group_norm", GroupNorm)
-register("instance_norm", InstanceNorm)
-register("rms_norm", RMSNorm)
-register("batch_renorm", BatchRenorm, stateful=True)
-register("frn", FilterResponseNorm)
-register("evonorm_b0", EvoNormB0, stateful=True)
-register("evonorm_s0", EvoNormS0)
-register("none", NoNorm)
+register('layer_norm', LayerNorm, reduction_axes=None)
+register('group_norm', GroupNorm)
+register('instance_norm', InstanceNorm)
+register('rms_norm', RMSNorm)
+register('batch_renorm', BatchRenorm, stateful=True)
+register('frn', FilterResponseNorm)
+register('evonorm_b0', EvoNormB0, stateful=True)
+register('evonorm_s0', EvoNormS0)
+register('none', NoNorm)
 
 
 def norm_fields(name: str) -> list[str]:
@@ -57,15 +57,15 @@ def norm_fields(name: str) -> list[str]:
     return [
         f.name
         for f in dataclasses.fields(_lookup(name))
-        if f.init and f.name not in ("parent", "name")
+        if f.init and f.name not in ('parent', 'name')
     ]
 
 
 def _lookup(name: str) -> type[nn.Module]:
     if name not in NORMS:
         close = difflib.get_close_matches(str(name), NORMS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown norm {name!r}{hint}; valid norms: {', '.join(NORMS)}")
+        hint = f' (did you mean {close[0]!r}?)' if close else ''
+        raise ValueError(f'unknown norm {name!r}{hint}; valid norms: {", ".join(NORMS)}')
     return NORMS[name]
 
 
@@ -79,7 +79,7 @@ def make_norm(name: str, **kwargs) -> ModuleDef:
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
         raise ValueError(
-            f"make_norm({name!r}) got unknown option(s) {unknown}; valid: {', '.join(valid)}"
+            f'make_norm({name!r}) got unknown option(s) {unknown}; valid: {", ".join(valid)}'
         )
     kwargs = {**_DEFAULTS[name], **kwargs}
     cls(**kwargs)  # runs the field checks in __post_init__

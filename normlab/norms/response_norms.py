@@ -50,7 +50,7 @@ class FilterResponseNorm(nn.Module):
     use_running_average: bool | None = None
 
     def __post_init__(self):
-        check_epsilon("FilterResponseNorm", self.epsilon)
+        check_epsilon('FilterResponseNorm', self.epsilon)
         super().__post_init__()
 
     @nn.compact
@@ -59,12 +59,12 @@ class FilterResponseNorm(nn.Module):
         scale, bias = affine_params(self, feature_shape, bshape)
         eps = self.epsilon
         if self.learnable_epsilon:
-            eps = eps + jnp.abs(self.param("eps", nn.initializers.constant(1e-4), (), jnp.float32))
+            eps = eps + jnp.abs(self.param('eps', nn.initializers.constant(1e-4), (), jnp.float32))
         xf = x.astype(F.stats_dtype(x.dtype))
         nu2 = jnp.mean(jnp.square(xf), axis=tuple(range(1, x.ndim - 1)), keepdims=True)
         y = F.normalize(xf, 0.0, nu2, epsilon=eps, scale=scale, bias=bias)
         if self.use_tlu:
-            tau = self.param("tau", self.tau_init, feature_shape, self.param_dtype)
+            tau = self.param('tau', self.tau_init, feature_shape, self.param_dtype)
             y = jnp.maximum(y, tau.reshape(bshape))
         return y.astype(output_dtype(x, scale, bias, self.dtype))
 
@@ -91,19 +91,19 @@ class EvoNormB0(nn.Module):
     axis_index_groups: Any = None
 
     def __post_init__(self):
-        check_epsilon("EvoNormB0", self.epsilon)
-        check_momentum("EvoNormB0", self.momentum)
+        check_epsilon('EvoNormB0', self.epsilon)
+        check_momentum('EvoNormB0', self.momentum)
         super().__post_init__()
 
     @nn.compact
     def __call__(self, x, use_running_average: bool | None = None):
         use_running_average = nn.merge_param(
-            "use_running_average", self.use_running_average, use_running_average
+            'use_running_average', self.use_running_average, use_running_average
         )
         feature_shape, bshape = _channel_shapes(x)
         scale, bias = affine_params(self, feature_shape, bshape)
-        v = self.param("v", self.v_init, feature_shape, self.param_dtype).reshape(bshape)
-        ra_var = self.variable("batch_stats", "var", jnp.ones, feature_shape, jnp.float32)
+        v = self.param('v', self.v_init, feature_shape, self.param_dtype).reshape(bshape)
+        ra_var = self.variable('batch_stats', 'var', jnp.ones, feature_shape, jnp.float32)
         xf = x.astype(F.stats_dtype(x.dtype))
         if use_running_average:
             batch_var = ra_var.value.reshape(bshape)
@@ -116,7 +116,7 @@ class EvoNormB0(nn.Module):
                 axis_index_groups=None if initializing else self.axis_index_groups,
             ).var
             if not initializing:
-                self.sow(BATCH_MOMENTS, "var", batch_var.reshape(feature_shape))
+                self.sow(BATCH_MOMENTS, 'var', batch_var.reshape(feature_shape))
                 ra_var.value = F.ema(ra_var.value, batch_var.reshape(feature_shape), self.momentum)
         inst_var = F.moments(xf, tuple(range(1, x.ndim - 1))).var
         denom = jnp.maximum(
@@ -150,11 +150,11 @@ class EvoNormS0(nn.Module):
     use_running_average: bool | None = None
 
     def __post_init__(self):
-        check_epsilon("EvoNormS0", self.epsilon)
+        check_epsilon('EvoNormS0', self.epsilon)
         if (self.num_groups is None) == (self.group_size is None):
             raise ValueError(
-                f"EvoNormS0(num_groups={self.num_groups}, group_size={self.group_size}): give "
-                "exactly one of them"
+                f'EvoNormS0(num_groups={self.num_groups}, group_size={self.group_size}): give '
+                'exactly one of them'
             )
         super().__post_init__()
 
@@ -164,12 +164,12 @@ class EvoNormS0(nn.Module):
         groups = self.num_groups if self.group_size is None else c // self.group_size
         if not groups or c % groups or (self.group_size and c % self.group_size):
             raise ValueError(
-                f"EvoNormS0(num_groups={self.num_groups}, group_size={self.group_size}) does "
-                f"not divide the {c} channels of the input"
+                f'EvoNormS0(num_groups={self.num_groups}, group_size={self.group_size}) does '
+                f'not divide the {c} channels of the input'
             )
         feature_shape, bshape = _channel_shapes(x)
         scale, bias = affine_params(self, feature_shape, bshape)
-        v = self.param("v", self.v_init, feature_shape, self.param_dtype).reshape(bshape)
+        v = self.param('v', self.v_init, feature_shape, self.param_dtype).reshape(bshape)
         xf = x.astype(F.stats_dtype(x.dtype))
         grouped = x.shape[:-1] + (groups, c // groups)
         var = F.moments(xf.reshape(grouped), tuple(range(1, x.ndim - 1)) + (x.ndim,)).var

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
-SPECTRAL_STATS = "spectral_stats"
+SPECTRAL_STATS = 'spectral_stats'
 
 
 def standardize_kernel(kernel, *, epsilon: float, scaled: bool, gain=None):
@@ -39,7 +39,7 @@ def standardize_kernel(kernel, *, epsilon: float, scaled: bool, gain=None):
     else:
         w = (w - mean) * lax.rsqrt(var + epsilon)
     if gain is not None:
-        w = w * gain
+        w = w * gain.reshape((1,) * (kernel.ndim - 1) + (-1,))
     return w.astype(kernel.dtype)
 
 
@@ -60,11 +60,11 @@ class WeightStandardizedConv(nn.Conv):
     def param(self, name, init_fn, *init_args, **init_kwargs):
         # nn.Conv reads its kernel through `param`: standardize it on the way out.
         value = super().param(name, init_fn, *init_args, **init_kwargs)
-        if name != "kernel":
+        if name != 'kernel':
             return value
         gain = None
         if self.scaled:
-            gain = super().param("gain", nn.initializers.ones, (value.shape[-1],), jnp.float32)
+            gain = super().param('gain', nn.initializers.ones, (value.shape[-1],), jnp.float32)
         return standardize_kernel(value, epsilon=self.epsilon, scaled=self.scaled, gain=gain)
 
 
