@@ -1,0 +1,75 @@
+"""The model zoo: ResNets (ImageNet and CIFAR, v1 and v2), NF-ResNets, a CNN, the
+BatchNorm-paper MLP and DCGAN, each taking its normalization as an injected factory.
+
+    from normlab import models, norms
+
+    model = models.create("resnet20", num_classes=10, norm=norms.make_norm("group_norm"))
+    variables = model.init(jax.random.key(0), images, train=False)
+    logits, state = model.apply(variables, images, train=True, mutable=["batch_stats"])
+    logits = model.apply(variables, images, train=False)
+
+``create(name, *, num_classes, norm, **kwargs)`` looks ``name`` up in ``MODELS`` and
+passes everything else to the model's constructor, so a typo'd keyword fails loudly.
+``norm`` is a ``ModuleDef`` from ``normlab.norms.make_norm``: models never build a norm
+layer themselves. Names:
+
+* ``resnet18/34/50/101/152`` (ImageNet v1.5) and ``preact_resnet18/...`` (v2);
+  kwargs ``width``, ``conv``, ``act``, ``norm_position``, ``zero_init_last_norm``
+  (v1 only), ``dtype``.
+* ``resnet20/32/44/56/110`` (CIFAR, He et al. 2016) and ``preact_resnet20/...``;
+  the same kwargs plus ``shortcut`` (``'identity'`` or ``'projection'``).
+* ``nf_resnet20/.../110`` (CIFAR-shaped) and ``nf_resnet18/.../152`` (ImageNet-shaped):
+  ``norm`` must be ``make_norm('none')``; kwargs ``width``, ``alpha``, ``act``, ``conv``,
+  ``dtype``.
+* ``cnn``: ``widths``, ``convs_per_stage``, ``kernel_size``, ``pool``, ``conv``, ``act``,
+  ``norm_position``, ``use_bias``, ``dtype``.
+* ``mlp``: ``widths``, ``act``, ``norm_position``, ``use_bias``, ``dtype``.
+* ``dcgan_generator`` (``num_classes`` = classes to condition on, 0 for none):
+  ``image_size``, ``out_channels``, ``latent_dim``, ``width``, ``act``,
+  ``norm_position``, ``use_bias``, ``dtype``.
+* ``dcgan_discriminator``: ``width``, ``spectral_norm``, ``negative_slope``,
+  ``norm_position``, ``use_bias``, ``dtype``.
+"""
+
+from collections.abc import Callable
+
+import flax.linen as nn
+
+from normlab.models import cifar_resnet, dcgan, nf_resnet, resnet, simple
+
+MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str, constructor: Callable[..., nn.Module]) -> None:
+    """Adds a model constructor (a Module class or a partial of one) under ``name``."""
+    if name in MODELS:
+        raise ValueError(f'model {name!r} is already registered')
+    MODELS[name] = constructor
+
+
+def create(name: str, *, num_classes: int | None, norm, **kwargs) -> nn.Module:
+    """Builds the model registered as ``name``.
+
+    Args:
+      name: a key of ``MODELS``.
+      num_classes: classifier outputs; for ``dcgan_*`` the number of classes to
+        condition on (0 or None: unconditional).
+      norm: normalization factory from ``normlab.norms.make_norm``.
+      **kwargs: model attributes (see the module docstring).
+    """
+    if name not in MODELS:
+        raise ValueError(f'unknown model {name!r}; valid names: {", ".join(sorted(MODELS))}')
+    if not callable(norm):
+        raise TypeError(
+            f"norm must be a factory from normlab.norms.make_norm (use make_norm('none') for "
+            f'no normalization), got {norm!r}'
+        )
+    return MODELS[name](num_classes=num_classes, norm=norm, **kwargs)
+
+
+for _family in (resnet, cifar_resnet, nf_resnet, simple, dcgan):
+    for _name, _constructor in _family.VARIANTS.items():
+        register(_name, _constructor)
+del _family, _name, _constructor
+
+__all__ = ['MODELS', 'create', 'register']

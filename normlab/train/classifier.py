@@ -1,0 +1,314 @@
+"""`train_and_evaluate(config, workdir)` for image classifiers.
+
+The only place that wires data, model, norm, optimizer, mesh, checkpoints
+and logging together. A run writes ``config.json``, ``metrics.jsonl``,
+``summary.json``, ``checkpoints/`` and its W&B files into `workdir`; calling
+it again on the same `workdir` resumes from the newest checkpoint and ends
+with the same numbers as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from normlab import data, models, norms, parallel
+from normlab.logging import RunFiles, WandbRun
+from normlab.train import config_checks, optim
+from normlab.train.checkpointing import Checkpointer
+from normlab.train.progress import Progress
+from normlab.train.steps import TrainState, make_eval_step, make_moments_step, make_train_step
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss; the last good checkpoint is kept."""
+
+
+def build_norm(config: ml_collections.ConfigDict) -> norms.ModuleDef:
+    """The norm factory: the norm's own options from ``config.norm``, the data axis.
+
+    Options the chosen norm does not take are skipped (logged once), so one
+    config can sweep over norms.
+    """
+    fields = set(norms.norm_fields(config.norm.name))
+    options = {
+        k: v for k, v in config.norm.items() if k in fields and v is not None and k not in ('name',)
+    }
+    skipped = sorted(k for k in config.norm if k not in fields and k not in ('name',))
+    if 'axis_name' in fields:
+        options['axis_name'] = parallel.DATA_AXIS
+    if skipped:
+        logging.info('norm %s ignores config.norm.%s', config.norm.name, ', '.join(skipped))
+    return norms.make_norm(config.norm.name, **options)
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int):
+    kwargs = dict(config.model_options)
+    kwargs['dtype'] = DTYPES[config.dtype]
+    if config.norm.weight_standardization:
+        kwargs['conv'] = norms.WeightStandardizedConv
+    return models.create(config.model, num_classes=num_classes, norm=build_norm(config), **kwargs)
+
+
+def num_train_steps(config, num_train_examples: int) -> tuple[int, int]:
+    """(total steps, steps per epoch); an explicit num_train_steps always wins."""
+    steps_per_epoch = max(num_train_examples // config.batch_size, 1)
+    if config.num_train_steps is not None:
+        return config.num_train_steps, steps_per_epoch
+    return max(int(math.ceil(config.num_epochs * steps_per_epoch)), 1), steps_per_epoch
+
+
+def validate(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Every check that can fail before compiling (raises ConfigError)."""
+    config_checks.check_classifier_config(config, jax.device_count())
+    config_checks.check_workdir(workdir)
+    config_checks.check_resume(config, workdir)
+    try:
+        build_norm(config)
+        build_model(config, data.get_spec(config.dataset).num_classes)
+    except (ValueError, TypeError) as e:
+        raise config_checks.ConfigError(str(e)) from e
+
+
+def _pad_with_real_rows(batch: dict) -> dict:
+    """Replaces padding rows by copies of real ones so batch statistics stay clean."""
+    mask = batch['mask'] > 0
+    if mask.all() or not mask.any():
+        return batch
+    real = np.flatnonzero(mask)
+    fill = real[np.arange((~mask).sum()) % len(real)]
+    out = {k: v.copy() for k, v in batch.items()}
+    for k in ('image', 'label'):
+        out[k][~mask] = batch[k][fill]
+    return out
+
+
+class Evaluator:
+    """Evaluation of the current state in each of ``config.eval_modes``."""
+
+    def __init__(self, config, model, mesh, data_kwargs):
+        self.config, self.model, self.mesh, self.data_kwargs = config, model, mesh, data_kwargs
+        self.modes = config_checks.eval_modes(config)
+        self.running = make_eval_step(model, mesh)
+        self.batch = make_eval_step(model, mesh, batch_statistics=True)
+        self.moments = make_moments_step(model, mesh)
+
+    def _pass(self, step_fn, variables, batch_size, *, fill_padding=False):
+        totals = np.zeros(3)
+        for local in data.eval_iterator(
+            self.config.dataset, global_batch_size=batch_size, **self.data_kwargs
+        ):
+            if fill_padding:
+                local = _pad_with_real_rows(local)
+            batch = parallel.global_batch(self.mesh, local)
+            totals += np.asarray(jax.device_get(step_fn(variables, batch)))
+        loss, correct, count = totals
+        return {'loss': loss / count, 'error': 1.0 - correct / count, 'examples': int(count)}
+
+    def precise_stats(self, variables):
+        batches = (
+            parallel.global_batch(self.mesh, b)['image']
+            for b in data.train_iterator(
+                self.config.dataset,
+                global_batch_size=self.config.batch_size,
+                seed=self.config.seed + 1,
+                augment=self.config.augment,
+                **self.data_kwargs,
+            )
+        )
+        return norms.recompute_batch_stats(
+            self.model,
+            variables,
+            batches,
+            num_batches=self.config.precise_bn_batches,
+            moments_fn=self.moments,
+        )
+
+    def __call__(self, state: TrainState) -> dict:
+        variables = state.variables()
+        has_stats = 'batch_stats' in variables
+        out = {}
+        for i, mode in enumerate(self.modes):
+            prefix = 'eval' if i == 0 else f'eval_{mode}'
+            if mode == 'running' or not has_stats:
+                r = self._pass(self.running, variables, self.config.eval_batch_size)
+            elif mode == 'batch':
+                # Batches of the training size, as the norms saw in training.
+                r = self._pass(self.batch, variables, self.config.batch_size, fill_padding=True)
+            else:
+                stats = parallel.replicate(self.mesh, self.precise_stats(variables))
+                r = self._pass(
+                    self.running, {**variables, 'batch_stats': stats}, self.config.eval_batch_size
+                )
+            out[f'{prefix}/loss'] = r['loss']
+            out[f'{prefix}/error'] = r['error']
+            out[f'{prefix}/examples'] = r['examples']
+        return out
+
+
+def init_state(config, model, tx, mesh, image_shape) -> TrainState:
+    rng = jax.random.key(config.seed)
+    dummy = jnp.zeros((2, *image_shape), jnp.float32)
+
+    @jax.jit
+    def init():
+        variables = model.init(rng, dummy, train=False)
+        params = variables.pop('params')
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            model_state=dict(variables),
+        )
+
+    state = init()
+    return jax.device_put(state, parallel.replicated(mesh))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains and evaluates a classifier; returns the summary (also in summary.json)."""
+    t_start = time.perf_counter()
+    validate(config, workdir)
+    mesh = parallel.data_mesh()
+    spec = data.get_spec(config.dataset)
+    data_kwargs = dict(
+        data_dir=config.data_dir,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    total_steps, steps_per_epoch = num_train_steps(
+        config, data.num_train_examples(config.dataset, data_dir=config.data_dir)
+    )
+    model = build_model(config, spec.num_classes)
+    lr_fn = optim.schedule(config, total_steps, steps_per_epoch)
+    tx = optim.make_optimizer(config, lr_fn)
+    state = init_state(config, model, tx, mesh, spec.image_shape)
+
+    is_chief = jax.process_index() == 0
+    files = RunFiles(workdir)
+    ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
+    start_step = 0
+    if ckpt.latest_step() is not None:
+        state = ckpt.restore(state)
+        start_step = int(state.step)
+        logging.info('resumed from the checkpoint at step %d', start_step)
+    if is_chief:
+        files.write_config(config)
+        files.truncate_metrics(start_step)
+    wandb_run = WandbRun(config, workdir)
+    logging.info(
+        '%s on %s, norm %s: %d params, %d steps of %d on %d device(s), W&B %s',
+        config.model,
+        config.dataset,
+        config.norm.name,
+        optim.count_params(state.params),
+        total_steps,
+        config.batch_size,
+        jax.device_count(),
+        wandb_run.mode,
+    )
+
+    train_step = make_train_step(model, tx, mesh, lr_fn)
+    evaluate = Evaluator(config, model, mesh, data_kwargs)
+    train_batches = data.train_iterator(
+        config.dataset,
+        global_batch_size=config.batch_size,
+        seed=config.seed,
+        start_step=start_step,
+        augment=config.augment,
+        **data_kwargs,
+    )
+    progress = Progress(total_steps, start_step, config.batch_size, enabled=is_chief)
+    pending: list[tuple[int, dict]] = []
+    last_train: dict = {}
+    compile_s = float('nan')
+
+    def flush(step: int) -> None:
+        """Fetches the pending metrics; stops at the first non-finite loss."""
+        nonlocal last_train
+        if not pending:
+            return
+        rows = jax.device_get(pending)
+        pending.clear()
+        for s, m in rows:
+            if not np.isfinite(m['train/loss']):
+                raise NonFiniteLossError(
+                    f'non-finite training loss ({m["train/loss"]}) at step {s}; the last good '
+                    f'checkpoint is kept in {workdir}/checkpoints'
+                )
+        window = {k: float(np.mean([m[k] for _, m in rows])) for k in rows[-1][1]}
+        window['train/lr'] = float(rows[-1][1]['train/lr'])
+        last_train = window
+        if is_chief:
+            files.log_metrics(step, window)
+            wandb_run.log(window, step)
+        progress.update(step, window['train/loss'])
+
+    step = start_step
+    try:
+        for step in range(start_step + 1, total_steps + 1):
+            batch = parallel.global_batch(mesh, next(train_batches))
+            state, metrics = train_step(state, batch)
+            pending.append((step, metrics))
+            if step == start_step + 1:
+                jax.block_until_ready(state)
+                compile_s = time.perf_counter() - t_start
+                progress.started(step)
+            if step % config.log_every_steps == 0 or step == total_steps:
+                flush(step)
+            if step % config.checkpoint_every_steps == 0 and step < total_steps:
+                flush(step)
+                ckpt.save(step, state)
+            if config.eval_every_steps and step % config.eval_every_steps == 0:
+                flush(step)
+                row = evaluate(state)
+                if is_chief:
+                    files.log_metrics(step, row)
+                    wandb_run.log(row, step)
+        flush(step)
+    except NonFiniteLossError:
+        progress.close()
+        if is_chief:
+            files.write_summary({'status': 'diverged', 'steps': step})
+        ckpt.close()
+        wandb_run.finish(exit_code=1)
+        raise
+    progress.close()
+    train_end = time.perf_counter()
+    if step > start_step or ckpt.latest_step() != total_steps:
+        ckpt.save(total_steps, state)
+    ckpt.close()
+
+    results = evaluate(state)
+    summary = {
+        'status': 'finished',
+        'steps': total_steps,
+        **last_train,
+        **results,
+        'params': optim.count_params(state.params),
+        'wall_s': time.perf_counter() - t_start,
+        'compile_s': compile_s,
+        'examples_per_s': progress.examples_per_s(step) if step > start_step else float('nan'),
+        'train_s': train_end - t_start,
+    }
+    if is_chief:
+        files.log_metrics(total_steps, results)
+        files.write_summary(summary)
+        wandb_run.log(results, total_steps)
+        wandb_run.summary(summary)
+    wandb_run.finish()
+    logging.info(
+        'done: eval error %.4f after %d steps in %.1f s',
+        summary['eval/error'],
+        total_steps,
+        summary['wall_s'],
+    )
+    return summary

@@ -1,0 +1,124 @@
+"""Every key a classifier config has, with its default. Leaf configs override.
+
+A config is locked after the leaf file sets it up, so an override of a key
+that does not exist fails with a suggestion instead of being ignored.
+Options that are unset on purpose are typed placeholders (None), the only
+"unset" sentinel normlab uses.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def wandb_config() -> ml_collections.ConfigDict:
+    """W&B settings: ``mode`` is 'auto' (online with credentials, else offline),
+    'online', 'offline' or 'disabled'. ``group`` defaults to the study name."""
+    return ml_collections.ConfigDict(
+        {
+            'mode': 'auto',
+            'project': 'normlab',
+            'entity': config_dict.placeholder(str),
+            'group': config_dict.placeholder(str),
+            'tags': (),
+            'name': config_dict.placeholder(str),
+        }
+    )
+
+
+def norm_config(name: str = 'batch_norm') -> ml_collections.ConfigDict:
+    """The norm and every norm option a study may vary.
+
+    Options a chosen norm does not take are not passed to it (the run's log
+    lists them); None leaves the norm's own default.
+    """
+    return ml_collections.ConfigDict(
+        {
+            'name': name,
+            'momentum': 0.9,  # a decay, flax convention (PyTorch's 0.1)
+            'epsilon': config_dict.placeholder(float),
+            'virtual_batch_size': config_dict.placeholder(int),
+            'num_groups': 8,
+            'r_max': 3.0,
+            'd_max': 5.0,
+            'ramp_steps': 0,
+            'unbiased_running_var': False,
+            'weight_standardization': False,  # WS conv in models that take `conv`
+        }
+    )
+
+
+def classifier_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.dataset = 'digits'
+    c.data_dir = config_dict.placeholder(str)  # None: $NORMLAB_DATA_DIR or ~/tensorflow_datasets
+    c.augment = True
+
+    c.model = 'cnn'
+    c.model_options = ml_collections.ConfigDict()  # keyword arguments of models.create
+    c.norm = norm_config()
+    c.dtype = 'float32'  # compute dtype: float32 or bfloat16
+
+    c.batch_size = 128  # global, examples per step
+    c.num_epochs = 10.0
+    c.num_train_steps = config_dict.placeholder(int)  # None: derived from num_epochs
+
+    c.optimizer = 'sgd'  # sgd | adam | adamw
+    c.momentum = 0.9
+    c.nesterov = True
+    c.b1 = 0.9
+    c.b2 = 0.999
+    c.learning_rate = 0.1
+    c.lr_scaling = 'linear'  # linear: learning_rate * batch_size / base_batch_size; none
+    c.base_batch_size = 128
+    c.schedule = 'cosine'  # constant | cosine | step
+    c.warmup_epochs = 0.0
+    c.step_boundaries = (0.5, 0.75)  # fractions of training, for schedule=step
+    c.step_factor = 0.1
+    c.weight_decay = 5e-4
+    c.decay_norm_and_bias = False  # weight decay on norm scales/offsets and biases
+    c.grad_clip_norm = config_dict.placeholder(float)
+    c.agc_clip = config_dict.placeholder(float)  # adaptive gradient clipping (NF nets)
+
+    c.eval_modes = 'running'  # comma list of running | precise | batch
+    c.precise_bn_batches = 20
+    c.eval_batch_size = 500
+    c.eval_every_steps = config_dict.placeholder(int)  # None: only at the end
+
+    c.log_every_steps = 50
+    c.checkpoint_every_steps = 200
+    c.keep_checkpoints = 2
+    c.seed = 0
+    c.study = config_dict.placeholder(str)
+    c.wandb = wandb_config()
+    return c
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+    """Parses a config file's ``:key=value,...`` argument, typed by `defaults`.
+
+    ``get_config('norm=group_norm,smoke=True')`` with ``defaults=dict(norm='batch_norm',
+    smoke=False)`` gives ``{'norm': 'group_norm', 'smoke': True}``; an unknown key or
+    a value of the wrong type raises ValueError naming the valid keys.
+    """
+    out = dict(defaults)
+    for item in filter(None, (arg or '').split(',')):
+        key, sep, value = item.partition('=')
+        if not sep or key not in defaults:
+            raise ValueError(
+                f'config argument {item!r} is not key=value with a key in {sorted(defaults)}'
+            )
+        kind = type(defaults[key])
+        if kind is bool:
+            if value.lower() not in ('true', 'false', '1', '0'):
+                raise ValueError(f'config argument {key}={value!r} must be True or False')
+            out[key] = value.lower() in ('true', '1')
+        else:
+            try:
+                out[key] = kind(value)
+            except ValueError as e:
+                raise ValueError(
+                    f'config argument {key}={value!r} must be a {kind.__name__}'
+                ) from e
+    return ml_collections.ConfigDict(out)
