@@ -17,13 +17,20 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from flax import traverse_util
 
 from normlab import data, models, norms, parallel
 from normlab.logging import RunFiles, WandbRun
 from normlab.train import config_checks, optim
 from normlab.train.checkpointing import Checkpointer
 from normlab.train.progress import Progress
-from normlab.train.steps import TrainState, make_eval_step, make_moments_step, make_train_step
+from normlab.train.steps import (
+    TrainState,
+    make_eval_step,
+    make_intermediates_step,
+    make_moments_step,
+    make_train_step,
+)
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
@@ -100,6 +107,26 @@ class Evaluator:
         self.running = make_eval_step(model, mesh)
         self.batch = make_eval_step(model, mesh, batch_statistics=True)
         self.moments = make_moments_step(model, mesh)
+        self.intermediates = make_intermediates_step(model, mesh)
+
+    def preactivation_percentiles(self, variables) -> dict:
+        """15/50/85th percentiles of each sown pre-activation on the first eval batch."""
+        local = next(
+            data.eval_iterator(
+                self.config.dataset,
+                global_batch_size=self.config.eval_batch_size,
+                **self.data_kwargs,
+            )
+        )
+        batch = parallel.global_batch(self.mesh, local)
+        sown = traverse_util.flatten_dict(self.intermediates(variables, batch['image']), sep='/')
+        real = np.asarray(jax.device_get(batch['mask'])) > 0
+        out = {}
+        for name, values in sown.items():
+            values = np.asarray(jax.device_get(values))[real]
+            for q in (15, 50, 85):
+                out[f'{name}/p{q}'] = float(np.percentile(values, q))
+        return out
 
     def _pass(self, step_fn, variables, batch_size, *, fill_padding=False):
         totals = np.zeros(3)
@@ -151,6 +178,8 @@ class Evaluator:
             out[f'{prefix}/loss'] = r['loss']
             out[f'{prefix}/error'] = r['error']
             out[f'{prefix}/examples'] = r['examples']
+        if self.config.record_preactivations:
+            out.update(self.preactivation_percentiles(variables))
         return out
 
 

@@ -85,6 +85,9 @@ def classifier_config() -> ml_collections.ConfigDict:
     c.precise_bn_batches = 20
     c.eval_batch_size = 500
     c.eval_every_steps = config_dict.placeholder(int)  # None: only at the end
+    # Log the 15/50/85th percentiles of every sown `preact{k}` (MLP pre-activations)
+    # on the first eval batch at each evaluation (Ioffe & Szegedy 2015, Fig. 1).
+    c.record_preactivations = False
 
     c.log_every_steps = 50
     c.checkpoint_every_steps = 200

@@ -128,3 +128,18 @@ def make_moments_step(model: nn.Module, mesh: Mesh):
 
     sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=P())
     return jax.jit(sharded)
+
+
+def make_intermediates_step(model: nn.Module, mesh: Mesh):
+    """Inference-mode values sown into ``intermediates``, gathered over the batch."""
+
+    def step(variables, images):
+        _, state = model.apply(variables, images, train=False, mutable=['intermediates'])
+        return jax.tree.map(
+            lambda calls: calls[0],
+            state.get('intermediates', {}),
+            is_leaf=lambda t: isinstance(t, tuple),
+        )
+
+    sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=P(DATA_AXIS))
+    return jax.jit(sharded)
