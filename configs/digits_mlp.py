@@ -34,7 +34,7 @@ def get_config(arg=None):
     c.log_every_steps = 100
     c.checkpoint_every_steps = 1000
     if arg.smoke:
-        c.model_options.widths = (16, 16)
+        c.model_options.widths = (20, 20)  # divisible by num_groups
         c.num_epochs = 1.0
         c.num_train_steps = 6
         c.log_every_steps = 2

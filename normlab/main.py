@@ -46,5 +46,25 @@ def main(argv):
         sys.exit(2 if isinstance(e, ConfigError) else 3)
 
 
+def one_line(error: BaseException) -> str:
+    """The message of a flag or config error without the traceback text inside it."""
+    text = str(error).replace('\\n', '\n').replace("\\'", "'")
+    lines = [line.strip().strip('\'"') for line in text.splitlines() if line.strip()]
+    if any(line.startswith('Traceback') for line in lines):
+        return lines[-1]
+    return ': '.join(lines)
+
+
+def parse_flags(argv):
+    """absl's flag parsing; a bad flag, config file or key is one line and exit 2."""
+    try:
+        rest = FLAGS(argv)
+        'generator' in _CONFIG.value  # noqa: B015 - loads the config file now, not at first use
+        return rest
+    except Exception as e:  # noqa: BLE001 - every parsing failure is reported the same way
+        print(f'error: {one_line(e)}', file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == '__main__':
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -35,8 +35,9 @@ def initialize_distributed(
             f'--process_id (got {coordinator_address!r}, {num_processes!r}, {process_id!r})'
         )
     if all(given):
-        if num_processes > 1 and jax.default_backend() == 'cpu':
-            jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+        # CPU collectives across processes (ignored by GPU/TPU backends). Asking
+        # for the backend here would initialize it too early.
+        jax.config.update('jax_cpu_collectives_implementation', 'gloo')
         jax.distributed.initialize(
             coordinator_address=coordinator_address,
             num_processes=num_processes,

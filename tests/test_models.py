@@ -19,7 +19,7 @@ import pytest
 
 from normlab import models
 from normlab.models import common, dcgan, nf_resnet
-from normlab.norms import NORMS, WeightStandardizedConv, is_stateful, make_norm
+from normlab.norms import NORMS, SpectralNorm, WeightStandardizedConv, is_stateful, make_norm
 
 # Options that let every norm run on 2-channel-wide test models.
 NORM_OPTIONS = {'group_norm': {'num_groups': 2}, 'evonorm_s0': {'num_groups': 2}}
@@ -91,13 +91,7 @@ def test_every_model_with_every_norm(model_name, norm_name):
     the expected shapes, float32 outputs and state collections."""
     kwargs, in_shape, out_shape = MODELS[model_name]
     model = _create(model_name, _norm(norm_name), **kwargs)
-    modes = []  # use_running_average of every norm call, in call order
-
-    def record_mode(next_fun, args, kwargs, context):
-        if isinstance(context.module, NORMS[norm_name]) and context.method_name == '__call__':
-            modes.append(context.module.use_running_average)
-        return next_fun(*args, **kwargs)
-
+    modes, record_mode = _record_calls(NORMS[norm_name], lambda m, kw: m.use_running_average)
     with nn.intercept_methods(record_mode):
         variables, out_train, state, out_eval = jax.eval_shape(
             functools.partial(_forward, model), _spec(in_shape)
@@ -195,7 +189,7 @@ def test_bad_input_shape(name, shape, match):
     ('name', 'shape'),
     [
         ('resnet18', (1, 32, 32, 3)),  # the smallest: a 1x1 map reaches the last stage
-        ('resnet50', (1, 33, 57, 1)),
+        ('preact_resnet50', (1, 33, 57, 1)),
         ('resnet20', (1, 7, 5, 3)),
         ('cnn', (1, 28, 28, 1)),
         ('mlp', (1, 28, 28, 1)),
@@ -203,7 +197,9 @@ def test_bad_input_shape(name, shape, match):
     ],
 )
 def test_any_allowed_input_shape(name, shape):
-    model = _create(name, make_norm('none'))
+    # One block per stage: the total stride is what limits the input size.
+    depth = {'stage_sizes': (1,) * (4 if name.endswith(('18', '50')) else 3)}
+    model = _create(name, make_norm('none'), **(depth if 'resnet' in name else {}))
     variables = jax.eval_shape(model.init, jax.random.key(0), _spec(shape))
     logits = jax.eval_shape(functools.partial(model.apply, train=False), variables, _spec(shape))
     assert logits.shape == (1, 5)
@@ -234,46 +230,76 @@ def test_dcgan_stage_plan():
         jax.eval_shape(generator.init, jax.random.key(0), _spec((1, 100)))
 
 
+def _record_calls(module_type, read):
+    """An interceptor that appends ``read(module, kwargs)`` for each call of a module_type."""
+    calls = []
+
+    def interceptor(next_fun, args, kwargs, context):
+        if isinstance(context.module, module_type) and context.method_name == '__call__':
+            calls.append(read(context.module, kwargs))
+        return next_fun(*args, **kwargs)
+
+    return calls, interceptor
+
+
 def test_conditional_gan_with_spectral_norm_composes():
-    """Conditional generator -> projection discriminator with spectral norm, concretely."""
+    """Conditional generator -> projection discriminator with spectral norm."""
     generator = models.create(
         'dcgan_generator',
         num_classes=3,
         norm=make_norm('batch_norm'),
-        image_size=8,
+        image_size=16,
         latent_dim=3,
         width=2,
         out_channels=1,
     )
     discriminator = models.create(
-        'dcgan_discriminator', num_classes=3, norm=make_norm('none'), width=2, spectral_norm=True
+        'dcgan_discriminator',
+        num_classes=3,
+        norm=make_norm('layer_norm'),
+        width=2,
+        spectral_norm=True,
     )
-    z, labels = _inputs((4, 3)), jnp.array([0, 1, 2, 1])
-    g_vars = generator.init(jax.random.key(0), z, labels=labels)
-    # The class-dependent scale (init 1) and offset (init 0) replace the norm's own affine.
-    norm0 = g_vars['params']['norm0']
-    assert norm0['scale']['embedding'].shape == norm0['bias']['embedding'].shape == (3, 2)
-    assert set(norm0) == {'scale', 'bias'}
+    z, labels = _spec((4, 3)), jnp.array([0, 1, 2, 1])
+    g_vars, fake, g_state, _ = jax.eval_shape(
+        functools.partial(_forward, generator, labels=labels), z
+    )
+    assert fake.shape == (4, 16, 16, 1)
+    # The class-dependent scale and offset replace the norm's own affine parameters.
+    assert g_vars['params']['norm0']['scale']['embedding'].shape == (3, 4)
+    assert set(g_vars['params']['norm0']) == {'scale', 'bias'}
     assert set(g_vars['batch_stats']['norm0']['norm']) == {'mean', 'var'}
-    fake, _ = generator.apply(g_vars, z, labels=labels, train=True, mutable=['batch_stats'])
-    assert fake.shape == (4, 8, 8, 1) and float(jnp.max(jnp.abs(fake))) <= 1.0
 
-    d_vars = discriminator.init(jax.random.key(1), fake, labels=labels)
-    assert set(d_vars) == {'params', 'spectral_stats'}  # never in batch_stats
-    logits, d_state = discriminator.apply(
-        d_vars, fake, labels=labels, train=True, mutable=['spectral_stats']
-    )
-    assert logits.shape == (4,) and logits.dtype == jnp.float32
-    changed = jax.tree.map(jnp.array_equal, d_state['spectral_stats'], d_vars['spectral_stats'])
-    assert not all(jax.tree.leaves(changed))
-    # Eval mode reads the power-iteration state without mutating it.
-    assert discriminator.apply(d_vars, fake, labels=labels, train=False).shape == (4,)
-    with pytest.raises(ValueError, match='pass labels'):
-        generator.apply(g_vars, z, train=False)
-    with pytest.raises(ValueError, match='unconditional'):
-        _create('dcgan_discriminator', make_norm('none')).init(
-            jax.random.key(0), fake, labels=labels
+    calls, interceptor = _record_calls(SpectralNorm, lambda m, kw: kw['update_stats'])
+    with nn.intercept_methods(interceptor):
+        d_vars, logits, d_state, logits_eval = jax.eval_shape(
+            functools.partial(_forward, discriminator, labels=labels), fake
         )
+    assert logits.shape == logits_eval.shape == (4,) and logits.dtype == jnp.float32
+    # Power iteration state is in its own collection, never in batch_stats; every conv
+    # and dense layer (2 + 1) is wrapped; only train mode updates the state.
+    assert set(d_vars) == set(d_state) | {'params'} == {'params', 'spectral_stats'}
+    assert calls == [True] * 3 + [True] * 3 + [False] * 3
+    with pytest.raises(ValueError, match='pass labels'):
+        jax.eval_shape(functools.partial(generator.apply, train=False), g_vars, z)
+    with pytest.raises(ValueError, match='unconditional'):
+        jax.eval_shape(
+            functools.partial(
+                _create('dcgan_discriminator', make_norm('none')).init, labels=labels
+            ),
+            jax.random.key(0),
+            fake,
+        )
+
+
+def test_conditional_norm_depends_on_the_class():
+    layer = dcgan.ClassConditionalNorm(make_norm('none'), num_classes=3)
+    x = jnp.ones((3, 1, 1, 2))
+    variables = layer.init(jax.random.key(0), x, jnp.zeros(3, jnp.int32))
+    assert set(variables['params']) == {'scale', 'bias'}  # the norm has no affine of its own
+    variables['params']['bias']['embedding'] = jnp.array([[0.0, 0.0], [1.0, 2.0], [0.0, 0.0]])
+    out = layer.apply(variables, x, jnp.array([0, 1, 2]))
+    np.testing.assert_array_equal(out[:, 0, 0], [[1, 1], [2, 3], [1, 1]])
 
 
 def test_mlp_sows_preactivations():
@@ -339,14 +365,20 @@ def test_weight_standardized_convs_and_bfloat16():
 
 
 def test_zero_init_last_norm():
-    kwargs, in_shape, _ = MODELS['resnet20']
+    kwargs, in_shape, _ = MODELS['resnet50']
     for zero_init in (True, False):
         model = _create(
-            'resnet20', make_norm('batch_norm'), zero_init_last_norm=zero_init, **kwargs
+            'resnet50', make_norm('batch_norm'), zero_init_last_norm=zero_init, **kwargs
         )
-        params = model.init(jax.random.key(0), _inputs(in_shape))['params']
-        assert bool(jnp.all(params['stage1_block1']['norm2']['scale'] == 0)) == zero_init
-        assert bool(jnp.all(params['stage1_block1']['norm1']['scale'] == 1))
+        calls, interceptor = _record_calls(
+            NORMS['batch_norm'], lambda m, kw: (m.name, m.scale_init)
+        )
+        with nn.intercept_methods(interceptor):
+            jax.eval_shape(model.init, jax.random.key(0), _spec(in_shape))
+        scales = {name: float(init(None, (1,))[0]) for name, init in calls}
+        # Bottleneck blocks: norm3 is the last before the addition.
+        assert scales['norm3'] == (0.0 if zero_init else 1.0)
+        assert scales['norm1'] == scales['proj_norm'] == scales['norm_init'] == 1.0
 
 
 def test_no_recompilation_on_second_call():
@@ -393,29 +425,28 @@ def test_nf_resnet_structure(name):
         )
 
 
-def test_nf_resnet_signal_propagation():
-    """Concretely: with the skip gains (zero at init) set to 1, the residual stream's
-    variance grows as 1 + j * alpha^2 after block j of a stage, as ``beta`` predicts."""
-    model = _create('nf_resnet20', make_norm('none'), width=8, stage_sizes=(3,))
-    x = _inputs((8, 8, 8, 8))
-    params = model.init(jax.random.key(0), x)['params']
-    gains = [params[f'stage1_block{j}']['skip_gain'] for j in range(1, 4)]
-    assert all(float(g) == 0.0 for g in gains)
-    params = {k: {**v, 'skip_gain': jnp.ones(())} if 'block' in k else v for k, v in params.items()}
-    _, state = model.apply(
-        {'params': params},
-        x,
-        capture_intermediates=lambda module, _: isinstance(module, nf_resnet.NFBlock),
-        mutable=['intermediates'],
-    )
-    for j in range(1, 4):
-        stream = state['intermediates'][f'stage1_block{j}']['__call__'][0]
-        np.testing.assert_allclose(jnp.var(stream), 1 + j * 0.2**2, rtol=0.2)
+def test_nf_resnet_signal_propagation_schedule():
+    """Block j of a stage divides its input by beta_j, the expected std of the residual
+    stream: 1 into a transition block, then sqrt(1 + k * alpha^2) after k blocks."""
+    alpha = 0.3
+    model = _create('nf_resnet20', make_norm('none'), width=2, stage_sizes=(3, 2), alpha=alpha)
+    calls, interceptor = _record_calls(nf_resnet.NFBlock, lambda m, kw: (m.name, m.beta, m.alpha))
+    with nn.intercept_methods(interceptor):
+        jax.eval_shape(model.init, jax.random.key(0), _spec((1, 4, 4, 3)))
+    expected_std = {
+        'stage1_block1': 1.0,
+        'stage1_block2': (1 + alpha**2) ** 0.5,
+        'stage1_block3': (1 + 2 * alpha**2) ** 0.5,
+        'stage2_block1': (1 + 3 * alpha**2) ** 0.5,
+        'stage2_block2': (1 + alpha**2) ** 0.5,  # reset by the transition block
+    }
+    assert {name: a for name, _, a in calls} == dict.fromkeys(expected_std, alpha)
+    assert {name: pytest.approx(1 / b) for name, b, _ in calls} == expected_std
 
 
 def test_nf_activation_gains_match_their_definition():
     # gamma = 1 / std(act(z)), z ~ N(0, 1), by quadrature.
-    z = np.linspace(-12, 12, 100_001)
+    z = np.linspace(-12, 12, 20_001)
     density = np.exp(-(z**2) / 2) / np.sqrt(2 * np.pi)
     for name, gain in nf_resnet.ACTIVATION_GAINS.items():
         g = np.asarray(common.ACTIVATIONS[name](jnp.asarray(z)), np.float64)

@@ -13,17 +13,19 @@ from jax.sharding import PartitionSpec as P
 from normlab import norms
 from normlab.norms import functional as F
 
-KEY = jax.random.key(0)
+KEY = jax.random.key(0, impl='rbg')  # threefry compiles slowly on CPU
 
 
 def rand(shape, dtype=jnp.float32, seed=0, loc=0.5, scale=2.0):
-    return (jax.random.normal(jax.random.key(seed), shape) * scale + loc).astype(dtype)
+    # numpy, not jax.random: XLA:CPU compiles threefry slowly for every new shape.
+    x = np.random.default_rng(seed).normal(size=shape) * scale + loc
+    return jnp.asarray(x, jnp.float32).astype(dtype)
 
 
 def run(module, x, *, train=True, variables=None, **call):
     """(output, updated state, variables) of one call of `module`."""
     if variables is None:
-        variables = module.init(jax.random.key(1), x, **call)
+        variables = module.init(KEY, x, **call)
         # Non-trivial params so scale/bias bugs show.
         variables = jax.tree_util.tree_map_with_path(_perturb, variables)
     y, state = module.apply(variables, x, mutable=True, **call)
@@ -33,8 +35,8 @@ def run(module, x, *, train=True, variables=None, **call):
 def _perturb(path, leaf):
     if path[0].key != 'params':
         return leaf
-    noise = jax.random.normal(jax.random.key(len(str(path))), leaf.shape, leaf.dtype)
-    return leaf + 0.3 * noise
+    noise = np.random.default_rng(len(str(path))).normal(size=leaf.shape)
+    return leaf + 0.3 * jnp.asarray(noise, leaf.dtype)
 
 
 # (normlab class, flax class, constructor kwargs, call kwargs, input shape)

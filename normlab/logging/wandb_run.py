@@ -77,18 +77,25 @@ class WandbRun:
             tags=tags if tags is not None else run_tags(config),
             config=flat_config(config),
             dir=workdir,
-            id=run_id,
             resume='allow',
             settings=wandb.Settings(console='off', init_timeout=30, silent=True),
         )
-        try:
-            self.run = wandb.init(mode=mode, **kwargs)
-        except Exception as e:  # noqa: BLE001 - any W&B failure must not stop training
-            if mode != 'online':
-                raise
-            logging.warning('W&B online start failed (%s); logging offline', e)
-            mode = 'offline'
-            self.run = wandb.init(mode=mode, **kwargs)
+        # Fallbacks, in order: offline if online fails (no network); a new run id
+        # if the old one is still held (a killed process's W&B service); no W&B
+        # at all rather than no training.
+        attempts = [(mode, run_id)]
+        if mode == 'online':
+            attempts.append(('offline', run_id))
+        attempts.append(('offline', secrets.token_hex(4)))
+        for mode, run_id in attempts:
+            try:
+                self.run = wandb.init(mode=mode, **{**kwargs, 'id': run_id})
+                break
+            except Exception as e:  # noqa: BLE001 - a W&B failure must not stop training
+                logging.warning('W&B %s start failed (%s)', mode, str(e).splitlines()[-1:])
+        if self.run is None:
+            logging.warning('W&B disabled for this run; its files are still written')
+            return
         self.mode = mode
         with open(id_path, 'w') as f:
             f.write(run_id)

@@ -21,7 +21,7 @@ block after block; an NF-ResNet keeps it analytically under control instead:
 
 Brock et al. pair NF-ResNets with adaptive gradient clipping; in normlab that comes
 from optax in the trainer. The model has no normalization sites: ``create`` still passes
-a ``norm``, which must be ``make_norm('none')`` (or ``None``)::
+a ``norm``, which must be ``make_norm('none')``::
 
     model = models.create("nf_resnet20", num_classes=10, norm=norms.make_norm("none"))
 
@@ -92,7 +92,7 @@ class NFBlock(nn.Module):
             y = self.conv(self.filters, (3, 3), strides, padding=_PAD1, name='conv1')(preact)
             y = self.conv(self.filters, (3, 3), padding=_PAD1, name='conv2')(self.act(y))
         skip_gain = self.param('skip_gain', nn.initializers.zeros_init(), ())
-        return shortcut + self.alpha * skip_gain * y
+        return shortcut + self.alpha * skip_gain.astype(y.dtype) * y
 
 
 class NFResNet(nn.Module):

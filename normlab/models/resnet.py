@@ -22,7 +22,8 @@ Every normalization site calls the injected ``norm`` factory, so any registered 
     logits = model.apply(variables, images, train=False)  # deterministic, nothing mutated
 
 Norms that carry their own activation (``frn``'s TLU, ``evonorm_*``) are still followed
-by the model's activation, as in the papers' drop-in replacements.
+by the model's activation, so every norm is a drop-in at the same sites; ``act='identity'``
+removes the model's activations everywhere (including after each residual addition).
 
 Geometry follows torchvision: 7x7/2 stem conv padded by 3, 3x3/2 max pool padded by 1,
 3x3 convs padded by 1. The total stride is 32, so inputs must be at least 32x32; any
@@ -78,7 +79,9 @@ class BasicBlock(nn.Module):
 
     With ``norm_position='after_activation'`` the inner unit becomes conv-act-norm; the
     last conv of the branch has no activation before the addition, so it is conv-norm
-    in both placements.
+    in both placements. On a stride or width change the shortcut is a 1x1 conv + norm
+    (``shortcut='projection'``, "option B", the ImageNet models) or parameter-free
+    (``'identity'``: ``zero_pad_shortcut``, "option A", the CIFAR models' default).
     """
 
     filters: int

@@ -156,6 +156,7 @@ class BatchNorm(nn.Module):
         ra_var = self.variable('batch_stats', 'var', jnp.ones, feature_shape, stat_dtype)
         scale, bias = affine_params(self, feature_shape, bshape)
         out_dtype = output_dtype(x, scale, bias, self.dtype)
+        self._declare_state()
 
         if use_running_average:
             mean = ra_mean.value.reshape(bshape)
@@ -207,6 +208,9 @@ class BatchNorm(nn.Module):
             axis_index_groups=self.axis_index_groups if layout.axis_name else None,
         )
         return x, m, g
+
+    def _declare_state(self) -> None:
+        """Subclasses declare further state here, in every mode (init included)."""
 
     def _batch_affine(self, m: F.Moments, running, scale, bias):
         """The scale and bias applied after normalizing with batch statistics."""

@@ -57,17 +57,20 @@ class BatchRenorm(BatchNorm):
         frac = jnp.minimum(step.astype(jnp.float32) / self.ramp_steps, 1.0)
         return 1.0 + (self.r_max - 1.0) * frac, self.d_max * frac
 
+    def _declare_state(self) -> None:
+        self.variable(STEPS_COLLECTION, 'steps', lambda: jnp.zeros((), jnp.int32))
+
     def _batch_affine(self, m: Moments, running, scale, bias):
-        steps = self.variable(STEPS_COLLECTION, 'steps', lambda: jnp.zeros((), jnp.int32))
         if self.is_initializing():
             return scale, bias
-        r_max, d_max = self.clip_limits(steps.value)
+        steps = self.get_variable(STEPS_COLLECTION, 'steps')
+        r_max, d_max = self.clip_limits(steps)
         ra_mean, ra_var = running
         sigma = jnp.sqrt(ra_var + self.epsilon)
         r = lax.stop_gradient(jnp.clip(jnp.sqrt(m.var + self.epsilon) / sigma, 1 / r_max, r_max))
         d = lax.stop_gradient(jnp.clip((m.mean - ra_mean) / sigma, -d_max, d_max))
         if self.update_stats:
-            steps.value = steps.value + 1
+            self.put_variable(STEPS_COLLECTION, 'steps', steps + 1)
         # Fold r and d into the affine: (xhat * r + d) * scale + bias.
         new_scale = r if scale is None else r * scale
         shift = d if scale is None else d * scale

@@ -65,9 +65,10 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int):
     return models.create(config.model, num_classes=num_classes, norm=build_norm(config), **kwargs)
 
 
-def num_train_steps(config, num_train_examples: int) -> tuple[int, int]:
+def num_train_steps(config, *, data_dir=None) -> tuple[int, int]:
     """(total steps, steps per epoch); an explicit num_train_steps always wins."""
-    steps_per_epoch = max(num_train_examples // config.batch_size, 1)
+    examples = data.num_train_examples(config.dataset, data_dir=data_dir)
+    steps_per_epoch = max(examples // config.batch_size, 1)
     if config.num_train_steps is not None:
         return config.num_train_steps, steps_per_epoch
     return max(int(math.ceil(config.num_epochs * steps_per_epoch)), 1), steps_per_epoch
@@ -79,9 +80,14 @@ def validate(config: ml_collections.ConfigDict, workdir: str) -> None:
     config_checks.check_workdir(workdir)
     config_checks.check_resume(config, workdir)
     try:
-        build_norm(config)
-        build_model(config, data.get_spec(config.dataset).num_classes)
-    except (ValueError, TypeError) as e:
+        spec = data.get_spec(config.dataset)
+        model = build_model(config, spec.num_classes)
+        # Tracing init (no compile) surfaces shape errors: groups vs channels,
+        # images too small for the model.
+        dummy = jax.ShapeDtypeStruct((2, *spec.image_shape), jnp.float32)
+        jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), dummy)
+        data.prepared_builder(config.dataset, data_dir=config.data_dir)
+    except (ValueError, TypeError, data.DatasetNotPreparedError) as e:
         raise config_checks.ConfigError(str(e)) from e
 
 
@@ -184,7 +190,8 @@ class Evaluator:
 
 
 def init_state(config, model, tx, mesh, image_shape) -> TrainState:
-    rng = jax.random.key(config.seed)
+    # XLA:CPU takes ~10x longer to compile threefry than rbg for a model's init.
+    rng = jax.random.key(config.seed, impl='rbg')
     dummy = jnp.zeros((2, *image_shape), jnp.float32)
 
     @jax.jit
@@ -213,9 +220,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-    total_steps, steps_per_epoch = num_train_steps(
-        config, data.num_train_examples(config.dataset, data_dir=config.data_dir)
-    )
+    total_steps, steps_per_epoch = num_train_steps(config, data_dir=config.data_dir)
     model = build_model(config, spec.num_classes)
     lr_fn = optim.schedule(config, total_steps, steps_per_epoch)
     tx = optim.make_optimizer(config, lr_fn)

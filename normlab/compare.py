@@ -1,0 +1,82 @@
+"""Rebuilds a study's table, plots and report from finished runs, local or in W&B.
+
+    python -m normlab.compare --workdir=runs/batch_size
+    python -m normlab.compare --wandb_project=ENTITY/normlab --wandb_group=batch_size \\
+        --out_dir=runs/batch_size_wandb [--config=experiments/batch_size.py]
+
+Locally it reads every ``DIR/*/config.json`` + ``summary.json`` that belongs to the
+study (``config.study``), so runs copied in from other machines count too; the
+study file comes from ``DIR/study.json`` (written by the sweep) or ``--config``.
+From W&B it reads the group's runs with ``wandb.Api`` (credentials needed; it
+fails at once without them) and the study file from the group's summary run or
+``--config``. Writes results.csv, report.md and plots to ``--out_dir`` (default:
+the work directory) and prints the table: the same table the sweep printed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+
+_WORKDIR = flags.DEFINE_string('workdir', None, "A sweep's work directory.")
+_CONFIG = flags.DEFINE_string(
+    'config', None, 'Study file, experiments/NAME.py[:arg] (default: from the runs).'
+)
+_PROJECT = flags.DEFINE_string('wandb_project', None, 'ENTITY/PROJECT to read runs from.')
+_GROUP = flags.DEFINE_string('wandb_group', None, 'W&B group (the study name).')
+_OUT = flags.DEFINE_string('out_dir', None, 'Where to write (default: --workdir).')
+
+
+def fail(message: str):
+    print(f'error: {message}', file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    from normlab.studies import outputs, results, wandb_runs
+    from normlab.studies.study import StudyError, load_study
+
+    local = _WORKDIR.value is not None
+    if local == bool(_PROJECT.value or _GROUP.value):
+        fail('give either --workdir=DIR or both --wandb_project=ENTITY/PROJECT and --wandb_group=G')
+    try:
+        if local:
+            if not os.path.isdir(_WORKDIR.value):
+                fail(f'--workdir={_WORKDIR.value!r} is not a directory')
+            source = _CONFIG.value or outputs.read_study_source(_WORKDIR.value)
+            if source is None:
+                fail(f'{_WORKDIR.value} has no {outputs.STUDY_FILE}; name the study with --config')
+            study = load_study(source)
+            records = results.local_records(study, _WORKDIR.value)
+            out_dir = _OUT.value or _WORKDIR.value
+        else:
+            if not (_PROJECT.value and _GROUP.value):
+                fail('W&B mode needs both --wandb_project=ENTITY/PROJECT and --wandb_group')
+            runs = wandb_runs.fetch_runs(_PROJECT.value, _GROUP.value)
+            source = _CONFIG.value or wandb_runs.study_source(runs)
+            if source is None:
+                fail(
+                    f'group {_GROUP.value!r} has no study summary run; name the study with --config'
+                )
+            study = load_study(source)
+            records = wandb_runs.records(study, runs)
+            out_dir = _OUT.value or os.path.join('runs', f'compare_{_GROUP.value}')
+    except (StudyError, wandb_runs.WandbUnavailable) as e:
+        fail(str(e))
+    if not records:
+        fail(f'no runs of study {study.name!r} found')
+    out = outputs.write_outputs(study, records, out_dir)
+    print(f'\n{out.tables_text}\n')
+    print('\n'.join(f'- {f}' for f in out.findings))
+    print(
+        f'\nwrote {os.path.join(out_dir, "report.md")}, results.csv, '
+        f'{", ".join(out.plot_paths) or "no plots"} ({len(records)} runs)'
+    )
+
+
+if __name__ == '__main__':
+    app.run(main)

@@ -1,0 +1,193 @@
+"""PNG plots of a study (matplotlib, Agg backend: no display needed).
+
+`plot_table` draws each metric against the study's x key, one line per series
+value, error bars one standard deviation over seeds, a log2 axis for batch sizes
+and learning rates. With ``series='metric'`` all metrics share one figure.
+`plot_curves` draws metrics over training steps from each run's history (for
+studies that look at training dynamics), averaged over seeds.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+
+from normlab.studies import report as report_lib  # noqa: E402
+from normlab.studies.grid import format_value, short_keys  # noqa: E402
+from normlab.studies.results import RunRecord, Table  # noqa: E402
+
+
+def file_name(metric: str) -> str:
+    return metric.replace('/', '_') + '.png'
+
+
+def _numeric(values) -> bool:
+    return all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+
+
+def _lines(table: Table, metric: str | None):
+    """(label, metric, [(x, cell)]) for every line of one figure."""
+    report = table.study.report
+    keys = [k for k in table.keys if k not in (report.x, report.series)]
+    if report.series not in (None, 'metric'):
+        keys.insert(0, report.series)
+    shorts = short_keys(table.keys)
+    combos = list(dict.fromkeys(tuple((k, p[k]) for k in keys) for p in table.points))
+    metrics = table.metrics if metric is None else [metric]
+    for m in metrics:
+        for combo in combos:
+            parts = [
+                format_value(v) if k == report.series else f'{shorts[k]}={format_value(v)}'
+                for k, v in combo
+            ]
+            if metric is None:
+                parts.insert(0, report_lib.LABELS.get(m, m))
+            points = []
+            for x in table.values(report.x):
+                where = {**dict(combo), report.x: x}
+                if table.has(**where):
+                    points.append((x, table.cell(m, **where)))
+            yield ', '.join(parts) or m, m, points
+
+
+def _figure(table: Table, metric: str | None, path: str) -> None:
+    report = table.study.report
+    xs = table.values(report.x)
+    numeric = _numeric(xs)
+    position = {x: (x if numeric else i) for i, x in enumerate(xs)}
+    shown_metric = metric or table.metrics[0]
+    scale = 100.0 if report_lib.is_fraction(shown_metric) else 1.0
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    diverged = []
+    for name, _, points in _lines(table, metric):
+        done = [(x, c) for x, c in points if c.n > 0]
+        if done:
+            ax.errorbar(
+                [position[x] for x, _ in done],
+                [scale * c.mean for _, c in done],
+                yerr=[scale * c.std for _, c in done],
+                marker='o',
+                markersize=4,
+                capsize=3,
+                label=name,
+            )
+        diverged += [position[x] for x, c in points if c.n == 0 and c.diverged]
+    if diverged:
+        top = ax.get_ylim()[1]
+        ax.plot(diverged, [top] * len(diverged), 'kx', label='diverged', clip_on=False)
+    if numeric and report.log_x and all(x > 0 for x in xs):
+        ax.set_xscale('log', base=2 if all(float(x).is_integer() for x in xs) else 10)
+    ax.set_xticks([position[x] for x in xs])
+    ax.set_xticklabels([format_value(x) for x in xs])
+    ax.minorticks_off()
+    ax.set_xlabel(short_keys(table.keys)[report.x])
+    ax.set_ylabel(report_lib.label(shown_metric) if metric else 'value (%)' if scale > 1 else '')
+    if metric and report_lib.is_fraction(metric) and _spans_decades(table, metric):
+        ax.set_yscale('log')
+    ax.set_title(
+        f'{table.study.name}: {report_lib.LABELS.get(shown_metric, shown_metric)}'
+        if metric
+        else table.study.name
+    )
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _spans_decades(table: Table, metric: str) -> bool:
+    """Whether errors range over >1.5 decades: then a log y axis keeps small ones readable."""
+    means = [c[metric].mean for c in table.cells if c[metric].n and c[metric].mean > 0]
+    return len(means) > 1 and math.log10(max(means) / min(means)) > 1.5
+
+
+def plot_table(table: Table, outdir: str) -> list[str]:
+    """The study's figures; returns their file names (relative to `outdir`)."""
+    report = table.study.report
+    if report.x is None or not table.points:
+        return []
+    if report.series == 'metric':
+        name = 'metrics.png'
+        _figure(table, None, os.path.join(outdir, name))
+        return [name]
+    names = []
+    for m in table.metrics:
+        _figure(table, m, os.path.join(outdir, file_name(m)))
+        names.append(file_name(m))
+    return names
+
+
+def _mean_curve(histories: Sequence[list[dict]], key: str) -> tuple[list[int], list[float]]:
+    by_step: dict[int, list[float]] = {}
+    for history in histories:
+        for row in history:
+            if key in row:
+                by_step.setdefault(row['step'], []).append(float(row[key]))
+    steps = sorted(by_step)
+    return steps, [sum(by_step[s]) / len(by_step[s]) for s in steps]
+
+
+def plot_curves(
+    records: Sequence[RunRecord],
+    keys: Sequence[str],
+    path: str,
+    *,
+    panel_by: str | None = None,
+    line_by: str | None = None,
+    labels: dict[str, str] | None = None,
+    transform=None,
+    ylabel: str = '',
+    title: str = '',
+) -> str:
+    """Metrics over training steps from the runs' histories, averaged over seeds.
+
+    Args:
+      records: finished runs whose history holds `keys`.
+      keys: metric keys to draw (one line each, per `line_by` value).
+      path: output PNG; returns its file name.
+      panel_by: a params key with one panel per value (say, the norm), or None.
+      line_by: a params key with one line per value in each panel, or None.
+      labels: display names of keys.
+      transform: ``f(value) -> value`` applied to every point (error to accuracy).
+    """
+    runs = [r for r in records if r.status == 'finished']
+    panels = list(dict.fromkeys(r.params.get(panel_by) for r in runs)) if panel_by else [None]
+    lines = list(dict.fromkeys(r.params.get(line_by) for r in runs)) if line_by else [None]
+    n = max(len(panels), 1)
+    fig, axes = plt.subplots(1, n, figsize=(4.4 * n, 3.6), squeeze=False, sharey=True)
+    for ax, panel in zip(axes[0], panels, strict=False):
+        for line in lines:
+            chosen = [
+                r
+                for r in runs
+                if (panel_by is None or r.params.get(panel_by) == panel)
+                and (line_by is None or r.params.get(line_by) == line)
+            ]
+            histories = [r.history(keys) for r in chosen]
+            for key in keys:
+                steps, ys = _mean_curve(histories, key)
+                if transform is not None:
+                    ys = [transform(y) for y in ys]
+                name = [format_value(line)] if line_by else []
+                if len(keys) > 1 or not line_by:
+                    name.append((labels or {}).get(key, key))
+                ax.plot(steps, ys, label=', '.join(name))
+        if panel_by:
+            ax.set_title(format_value(panel))
+        ax.set_xlabel('training step')
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel(ylabel)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return os.path.basename(path)

@@ -1,0 +1,145 @@
+"""GAN config validation before anything compiles: one clear line per problem.
+
+Besides ranges and names, this rejects combinations that would train something
+other than what the config says:
+
+* A gradient penalty (``discriminator.r1_weight > 0``) with a discriminator norm
+  that keeps batch statistics (batch norm, batch renorm, EvoNorm-B0). The penalty
+  is on the gradient of D's output for each input *separately*; a norm that
+  normalizes with batch statistics makes every output depend on the whole batch, so
+  the penalized quantity is no longer that gradient. Gulrajani et al. (2017, Sec. 4)
+  drop batch norm from the critic for this reason and suggest layer norm.
+* An EMA generator (``generator.ema_decay``) evaluated with running statistics
+  (``generator.eval_norm_stats='running'``) of a stateful generator norm: the
+  running averages were collected for the trained weights, not for their average.
+  Sample with ``'batch'`` statistics instead (or recompute them, as BigGAN does).
+* A class-conditional GAN on an unlabelled dataset.
+* Weight standardization, which the DCGAN models do not take.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+
+from normlab import data, norms
+from normlab.train.config_checks import DTYPES, WANDB_MODES, ConfigError
+from normlab.train.gan_losses import LOSSES
+
+EVAL_NORM_STATS = ('batch', 'running')
+# Keys that change the networks or the state's layout: a resume must agree on them.
+MODEL_KEYS = (
+    'dataset',
+    'image_size',
+    'conditional',
+    'dtype',
+    'generator.width',
+    'generator.latent_dim',
+    'generator.norm',
+    'generator.ema_decay',
+    'discriminator.width',
+    'discriminator.norm',
+    'discriminator.spectral_norm',
+)
+
+
+def _choice(what: str, value, valid) -> None:
+    if value not in valid:
+        raise ConfigError(f'{what}={value!r} is not valid; choose one of: {", ".join(valid)}')
+
+
+def _positive(what: str, value) -> None:
+    if value is None or not value > 0:
+        raise ConfigError(f'{what}={value} must be positive')
+
+
+def _check_norm(what: str, norm: ml_collections.ConfigDict) -> None:
+    _choice(f'{what}.norm.name', norm.name, list(norms.NORMS))
+    if norm.weight_standardization:
+        raise ConfigError(
+            f'{what}.norm.weight_standardization=True: the DCGAN models take no conv '
+            'override; use spectral norm (discriminator.spectral_norm) instead'
+        )
+
+
+def check_gan_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    """Raises ConfigError on the first bad value."""
+    _choice('dataset', config.dataset, list(data.SPECS))
+    _choice('loss', config.loss, list(LOSSES))
+    _choice('dtype', config.dtype, DTYPES)
+    _choice('wandb.mode', config.wandb.mode, WANDB_MODES)
+    _choice('generator.eval_norm_stats', config.generator.eval_norm_stats, EVAL_NORM_STATS)
+    g, d = config.generator, config.discriminator
+    _check_norm('generator', g.norm)
+    _check_norm('discriminator', d.norm)
+    for key in ('learning_rate', 'width', 'latent_dim'):
+        _positive(f'generator.{key}', g[key])
+    for key in ('learning_rate', 'width', 'steps'):
+        _positive(f'discriminator.{key}', d[key])
+    for key in ('batch_size', 'num_train_steps', 'log_every_steps', 'checkpoint_every_steps'):
+        _positive(key, config[key])
+    for key in ('num_samples', 'num_real', 'grid_rows'):
+        _positive(f'eval.{key}', config.eval[key])
+    if config.eval_every_steps is not None:
+        _positive('eval_every_steps', config.eval_every_steps)
+    if d.r1_weight < 0:
+        raise ConfigError(f'discriminator.r1_weight={d.r1_weight} must be >= 0')
+    if config.batch_size % num_devices:
+        raise ConfigError(
+            f'batch_size={config.batch_size} is not divisible by the {num_devices} devices; '
+            f'use a multiple of {num_devices}'
+        )
+    if d.r1_weight > 0 and norms.is_stateful(d.norm.name):
+        raise ConfigError(
+            f'discriminator.norm.name={d.norm.name!r} normalizes with batch statistics, which '
+            f'couples the examples that discriminator.r1_weight={d.r1_weight} penalizes one by '
+            'one (Gulrajani et al. 2017); use layer_norm, group_norm, none or spectral_norm'
+        )
+    if g.ema_decay is not None:
+        if not 0 < g.ema_decay < 1:
+            raise ConfigError(f'generator.ema_decay={g.ema_decay} must be in (0, 1) or None')
+        if g.eval_norm_stats == 'running' and norms.is_stateful(g.norm.name):
+            raise ConfigError(
+                f"generator.eval_norm_stats='running' with generator.ema_decay={g.ema_decay}: "
+                f'the running statistics of {g.norm.name} belong to the trained weights, not to '
+                "their EMA; use eval_norm_stats='batch'"
+            )
+    if config.conditional and not data.get_spec(config.dataset).num_classes:
+        raise ConfigError(f'conditional=True needs labels, and dataset={config.dataset!r} has none')
+    floor = config.divergence.d_loss_floor
+    patience = config.divergence.patience_steps
+    if (floor is None) != (patience is None):
+        raise ConfigError(
+            f'divergence.d_loss_floor={floor} and divergence.patience_steps={patience}: set '
+            'both (collapse detection on) or both to None (off)'
+        )
+    if patience is not None:
+        _positive('divergence.patience_steps', patience)
+
+
+def _get(tree: dict, dotted: str):
+    for part in dotted.split('.'):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def check_gan_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """A saved config must agree with `config` on everything that shapes the state."""
+    path = os.path.join(workdir, 'config.json')
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    new = json.loads(config.to_json())
+    diffs = [
+        f'{k}: saved {_get(saved, k)!r} != new {_get(new, k)!r}'
+        for k in MODEL_KEYS
+        if _get(saved, k) != _get(new, k)
+    ]
+    if diffs:
+        raise ConfigError(
+            f'workdir={workdir!r} holds a run whose networks differ ({"; ".join(diffs)}); use '
+            'a new workdir or the saved settings'
+        )

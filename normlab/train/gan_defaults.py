@@ -1,0 +1,115 @@
+"""Every key a GAN config has, with its default. Leaf configs (configs/*_dcgan.py) override.
+
+A config with a ``generator`` key is a GAN config: `normlab.train.registry` sends it
+to `normlab.train.gan`. Defaults follow DCGAN (Radford, Metz & Chintala, ICLR 2016):
+Adam with learning rate 2e-4 and betas (0.5, 0.999) for both networks, batch norm in
+the generator, the non-saturating loss. The discriminator has no normalization by
+default; a study sets it (batch norm was DCGAN's choice, spectral norm Miyato et
+al.'s 2018). As for classifiers, the config is locked after the leaf file sets it
+up and None is the only "unset" value.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+from normlab.train.defaults import norm_config, wandb_config
+
+
+def generator_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        {
+            'width': 64,  # channels of the last hidden stage (DCGAN's ngf)
+            'latent_dim': 100,
+            'norm': norm_config('batch_norm'),
+            'learning_rate': 2e-4,
+            'b1': 0.5,  # Radford et al.: 0.9 oscillates, 0.5 stabilizes
+            'b2': 0.999,
+            # EMA of the generator weights used for evaluation (Yazici et al. 2019);
+            # None: evaluate the trained weights themselves.
+            'ema_decay': config_dict.placeholder(float),
+            # Which statistics a stateful generator norm uses when sampling for
+            # evaluation: 'batch' (each sample batch of `batch_size` normalizes itself,
+            # as in training) or 'running' (the running averages).
+            'eval_norm_stats': 'batch',
+        }
+    )
+
+
+def discriminator_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        {
+            'width': 64,  # channels of the first stage (DCGAN's ndf)
+            'norm': norm_config('none'),
+            'spectral_norm': False,  # Miyato et al. 2018, on every conv and dense layer
+            'learning_rate': 2e-4,
+            'b1': 0.5,
+            'b2': 0.999,
+            'steps': 1,  # discriminator updates per generator update (n_dis)
+            # R1 gradient penalty weight gamma (Mescheder et al. 2018): gamma/2 E||grad D(x)||^2
+            # on real data. Needs a discriminator without batch-coupling norms.
+            'r1_weight': 0.0,
+        }
+    )
+
+
+def eval_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        {
+            'num_samples': 2000,  # generated examples per evaluation
+            'num_real': 10_000,  # real training examples in the reference (capped at the split)
+            'grid_rows': 10,  # the sample grid is grid_rows x grid_rows
+            # Training steps of the feature classifier; None: the dataset's recipe.
+            'classifier_steps': config_dict.placeholder(int),
+            # Where trained feature classifiers are cached; None: $NORMLAB_CACHE_DIR or
+            # ~/.cache/normlab.
+            'cache_dir': config_dict.placeholder(str),
+        }
+    )
+
+
+def divergence_config() -> ml_collections.ConfigDict:
+    """When a run counts as diverged (it then stops and says so in summary.json).
+
+    Non-finite losses always do. A *collapsed* discriminator is one whose loss stays
+    below ``d_loss_floor`` for ``patience_steps`` consecutive steps: it separates real
+    from generated examples (almost) perfectly and the game has stopped (Kurach et al.
+    2019 count such runs as failures). None disables that check.
+    """
+    return ml_collections.ConfigDict(
+        {
+            'd_loss_floor': 1e-3,
+            'patience_steps': config_dict.FieldReference(300, field_type=int),
+        }
+    )
+
+
+def gan_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.dataset = 'digits'
+    c.data_dir = config_dict.placeholder(str)  # None: $NORMLAB_DATA_DIR or ~/tensorflow_datasets
+    # Side of the generated (and, resized bilinearly, the real) images; None: the
+    # dataset's own. DCGAN needs an even side >= 8.
+    c.image_size = config_dict.placeholder(int)
+    c.conditional = False  # class-conditional norms in G, projection D (labelled datasets)
+    c.dtype = 'float32'
+    c.loss = 'non_saturating'  # non_saturating | hinge (normlab.train.gan_losses)
+
+    c.generator = generator_config()
+    c.discriminator = discriminator_config()
+
+    c.batch_size = 64  # global: real examples per discriminator step, and fakes per step
+    c.num_train_steps = 2000  # generator updates
+
+    c.eval = eval_config()
+    c.eval_every_steps = config_dict.placeholder(int)  # None: only at the end
+    c.divergence = divergence_config()
+
+    c.log_every_steps = 50
+    c.checkpoint_every_steps = 500
+    c.keep_checkpoints = 2
+    c.seed = 0
+    c.study = config_dict.placeholder(str)
+    c.wandb = wandb_config()
+    return c

@@ -1,0 +1,219 @@
+"""GAN training end to end on digits, its metrics against closed forms, resume, bad configs.
+
+Runs on the 4 simulated CPU devices of conftest.py, so every cross-device reduction
+of the GAN step is exercised. The feature classifier is trained once (a few steps)
+into a per-session cache shared by the tests here.
+"""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+import scipy.linalg
+
+from configs import digits_dcgan
+from normlab import parallel
+from normlab.metrics import FeatureMoments, frechet_distance, label_entropy
+from normlab.train import ConfigError, gan
+from normlab.train.checkpointing import Checkpointer
+
+TIMING = ('wall_s', 'compile_s', 'examples_per_s', 'train_s')
+
+
+@pytest.fixture(scope='module')
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp('normlab_cache'))
+
+
+def smoke_config(cache_dir, arg='', **overrides):
+    c = digits_dcgan.get_config(','.join(filter(None, ['smoke=True', arg])))
+    c.eval.cache_dir = cache_dir
+    c.wandb.mode = 'offline'
+    for key, value in overrides.items():
+        target = c
+        *path, last = key.split('.')
+        for p in path:
+            target = target[p]
+        target[last] = value
+    return c
+
+
+# --- the metrics -------------------------------------------------------------------------
+
+
+def reference_frechet(x, y):
+    """The textbook formula with scipy's general matrix square root."""
+    mu1, mu2 = x.mean(0), y.mean(0)
+    s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    root = scipy.linalg.sqrtm(s1 @ s2).real
+    return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * root))
+
+
+def test_frechet_distance_is_zero_for_identical_sets_and_grows_with_a_shift():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 16)) @ rng.normal(size=(16, 16))
+    m = FeatureMoments.of(x)
+    assert frechet_distance(m, m) == 0.0
+    direction = rng.normal(size=16)
+    direction /= np.linalg.norm(direction)
+    distances = [frechet_distance(m, FeatureMoments.of(x + s * direction)) for s in (0.5, 1, 2)]
+    # A pure shift changes only the mean term: d^2 = ||shift||^2.
+    np.testing.assert_allclose(distances, [0.25, 1.0, 4.0], rtol=1e-6)
+    y = rng.normal(size=(3000, 16)) * 1.5 + 0.3
+    np.testing.assert_allclose(
+        frechet_distance(m, FeatureMoments.of(y)), reference_frechet(x, y), rtol=1e-6
+    )
+
+
+def test_feature_moments_stream_like_one_shot():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(500, 8))
+    streamed = FeatureMoments()
+    for chunk in np.array_split(x, 7):
+        streamed.add(chunk.sum(0), chunk.T @ chunk, len(chunk))
+    one_shot = FeatureMoments.of(x)
+    np.testing.assert_allclose(streamed.mean, one_shot.mean)
+    np.testing.assert_allclose(streamed.covariance, np.cov(x, rowvar=False))
+
+
+def test_label_entropy_measures_mode_coverage():
+    assert label_entropy(np.full(10, 7)) == pytest.approx(np.log(10))
+    assert label_entropy(np.array([0, 12, 0])) == 0.0
+    assert label_entropy(np.array([5, 5, 0, 0])) == pytest.approx(np.log(2))
+
+
+# --- the train step ----------------------------------------------------------------------
+
+
+def test_gan_steps_change_both_networks_and_their_norm_statistics(cache_dir):
+    # Batch norm in both networks, spectral norm in D too, conditional, EMA: every
+    # kind of state the step carries, on 4 devices.
+    c = smoke_config(cache_dir, 'conditional=True')
+    c.discriminator.spectral_norm = True
+    mesh = parallel.data_mesh()
+    generator, discriminator = gan.build_networks(c)
+    g_tx, d_tx = gan.build_optimizers(c)
+    state = gan.init_state(c, generator, discriminator, g_tx, d_tx, mesh)
+    before = jax.device_get(state)
+    step = gan.make_train_step(generator, discriminator, g_tx, d_tx, mesh, gan.step_options(c))
+    batches = gan._real_batches(c, 0, dict(data_dir=None, process_index=0, process_count=1))
+    for _ in range(3):
+        state, metrics = step(state, parallel.global_batch(mesh, next(batches)))
+    after = jax.device_get(state)
+    metrics = jax.device_get(metrics)
+    assert int(after.step) == 3 and int(after.discriminator.step) == 3
+    for key in ('train/d_loss', 'train/g_loss', 'train/d_grad_norm', 'train/g_grad_norm'):
+        assert np.isfinite(metrics[key]) and metrics[key] > 0, (key, metrics)
+
+    def changed(a, b):
+        return all(not np.allclose(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+    assert changed(before.generator.params['project'], after.generator.params['project'])
+    assert changed(before.discriminator.params['head'], after.discriminator.params['head'])
+    assert changed(
+        before.generator.model_state['batch_stats'], after.generator.model_state['batch_stats']
+    )
+    assert changed(
+        before.discriminator.model_state['batch_stats'],
+        after.discriminator.model_state['batch_stats'],
+    )
+    assert changed(
+        before.discriminator.model_state['spectral_stats'],
+        after.discriminator.model_state['spectral_stats'],
+    )
+    assert changed(before.ema_params['project'], after.ema_params['project'])
+    # The conditional generator's per-class scales moved too.
+    assert changed(
+        before.generator.params['norm0']['scale'], after.generator.params['norm0']['scale']
+    )
+
+
+# --- end to end: files, resume, divergence -----------------------------------------------
+
+
+def read_summary(workdir):
+    with open(os.path.join(workdir, 'summary.json')) as f:
+        return json.load(f)
+
+
+def restored_state(config, workdir):
+    mesh = parallel.data_mesh()
+    generator, discriminator = gan.build_networks(config)
+    g_tx, d_tx = gan.build_optimizers(config)
+    like = gan.init_state(config, generator, discriminator, g_tx, d_tx, mesh)
+    ckpt = Checkpointer(workdir, keep=2)
+    try:
+        return jax.device_get(ckpt.restore(like))
+    finally:
+        ckpt.close()
+
+
+def test_resume_equals_uninterrupted_and_writes_the_run_files(cache_dir, tmp_path):
+    whole, parts = str(tmp_path / 'whole'), str(tmp_path / 'parts')
+    s = gan.train_and_evaluate(smoke_config(cache_dir), whole)
+    assert s['status'] == 'finished' and s['steps'] == 4
+    for key in ('eval/frechet_distance', 'eval/label_entropy', 'eval/classifier_accuracy'):
+        assert np.isfinite(s[key]) and s[key] >= 0, (key, s)
+    assert 0 <= s['eval/label_entropy'] <= np.log(10) + 1e-9
+    for name in ('config.json', 'metrics.jsonl', 'summary.json', 'samples.png', 'wandb'):
+        assert os.path.exists(os.path.join(whole, name)), name
+    assert os.path.exists(os.path.join(whole, 'samples', 'step_0000004.png'))
+    rows = [json.loads(line) for line in open(os.path.join(whole, 'metrics.jsonl'))]
+    assert [r['step'] for r in rows if 'train/d_loss' in r] == [2, 4]
+
+    # "Interrupted" after step 2 (the checkpoint there), then the same command again.
+    first = gan.train_and_evaluate(smoke_config(cache_dir, num_train_steps=2), parts)
+    assert first['steps'] == 2
+    resumed = gan.train_and_evaluate(smoke_config(cache_dir), parts)
+    assert {k: v for k, v in resumed.items() if k not in TIMING} == {
+        k: v for k, v in s.items() if k not in TIMING
+    }
+    a, b = (
+        restored_state(smoke_config(cache_dir), whole),
+        restored_state(smoke_config(cache_dir), parts),
+    )
+    assert int(a.step) == int(b.step) == 4
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_a_collapsed_discriminator_is_reported_not_hidden(cache_dir, tmp_path):
+    # A floor no loss gets under... inverted: every step counts as collapsed.
+    c = smoke_config(cache_dir, **{'divergence.d_loss_floor': 1e9, 'divergence.patience_steps': 3})
+    s = gan.train_and_evaluate(c, str(tmp_path))
+    assert s['status'] == 'diverged'
+    assert s['diverged_at_step'] == 3 and 'discriminator collapsed' in s['reason']
+    assert read_summary(str(tmp_path))['status'] == 'diverged'
+    assert np.isfinite(s['eval/frechet_distance'])  # the last state is still evaluated
+
+
+# --- bad configs -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    'overrides, message',
+    [
+        ({'loss': 'wasserstein'}, "loss='wasserstein' is not valid; choose one of: non_saturating"),
+        (
+            {'discriminator.norm.name': 'batch_norm', 'discriminator.r1_weight': 10.0},
+            'normalizes with batch statistics',
+        ),
+        (
+            {'generator.ema_decay': 0.999, 'generator.eval_norm_stats': 'running'},
+            "use eval_norm_stats='batch'",
+        ),
+        ({'generator.norm.name': 'batch_nrom'}, "generator.norm.name='batch_nrom' is not valid"),
+        ({'dataset': 'celeb_a', 'conditional': True}, 'conditional=True needs labels'),
+        ({'image_size': 6}, 'DCGAN needs an even image size of at least 8'),
+        ({'batch_size': 6}, 'not divisible by the 4 devices'),
+        ({'divergence.patience_steps': None}, 'set both'),
+    ],
+)
+def test_bad_configs_fail_in_one_line_before_compiling(cache_dir, tmp_path, overrides, message):
+    c = smoke_config(cache_dir, **overrides)
+    with pytest.raises(ConfigError, match=None) as info:
+        gan.validate(c, str(tmp_path))
+    text = str(info.value)
+    assert message in text and '\n' not in text, text
