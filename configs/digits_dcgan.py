@@ -15,7 +15,7 @@ tests), e.g. ``--config=configs/digits_dcgan.py:g_norm=layer_norm,d_norm=spectra
 """
 
 from normlab.train.defaults import parse_arg
-from normlab.train.gan_defaults import gan_config
+from normlab.train.gan_defaults import gan_config, set_norms, shrink_for_smoke
 
 
 def get_config(arg=None):
@@ -32,15 +32,10 @@ def get_config(arg=None):
     c.image_size = 16
     c.conditional = arg.conditional
     c.loss = arg.loss
-    c.generator.norm.name = arg.g_norm
+    set_norms(c, arg.g_norm, arg.d_norm)
     c.generator.width = 32
     c.generator.latent_dim = 32
     c.generator.ema_decay = 0.999
-    if arg.d_norm == 'spectral':
-        c.discriminator.norm.name = 'none'
-        c.discriminator.spectral_norm = True
-    else:
-        c.discriminator.norm.name = arg.d_norm
     c.discriminator.width = 32
     c.batch_size = 64
     c.num_train_steps = 2000
@@ -50,16 +45,5 @@ def get_config(arg=None):
     c.log_every_steps = 100
     c.checkpoint_every_steps = 500
     if arg.smoke:
-        c.generator.width = 8
-        c.generator.latent_dim = 8
-        c.discriminator.width = 8
-        c.batch_size = 16
-        c.num_train_steps = 4
-        c.eval_every_steps = None
-        c.eval.num_samples = 64
-        c.eval.num_real = 128
-        c.eval.grid_rows = 4
-        c.eval.classifier_steps = 30
-        c.log_every_steps = 2
-        c.checkpoint_every_steps = 2
+        shrink_for_smoke(c)
     return c

@@ -37,44 +37,33 @@ def fail(message: str):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-    from normlab.studies import outputs, results, wandb_runs
-    from normlab.studies.study import StudyError, load_study
+    from normlab.studies import workflows
+    from normlab.studies.study import StudyError
+    from normlab.studies.wandb_runs import WandbUnavailable
 
     local = _WORKDIR.value is not None
-    if local == bool(_PROJECT.value or _GROUP.value):
+    if local == bool(_PROJECT.value or _GROUP.value) or (
+        not local and not (_PROJECT.value and _GROUP.value)
+    ):
         fail('give either --workdir=DIR or both --wandb_project=ENTITY/PROJECT and --wandb_group=G')
     try:
         if local:
-            if not os.path.isdir(_WORKDIR.value):
-                fail(f'--workdir={_WORKDIR.value!r} is not a directory')
-            source = _CONFIG.value or outputs.read_study_source(_WORKDIR.value)
-            if source is None:
-                fail(f'{_WORKDIR.value} has no {outputs.STUDY_FILE}; name the study with --config')
-            study = load_study(source)
-            records = results.local_records(study, _WORKDIR.value)
             out_dir = _OUT.value or _WORKDIR.value
+            out, count = workflows.compare_local(
+                _WORKDIR.value, config=_CONFIG.value, out_dir=out_dir
+            )
         else:
-            if not (_PROJECT.value and _GROUP.value):
-                fail('W&B mode needs both --wandb_project=ENTITY/PROJECT and --wandb_group')
-            runs = wandb_runs.fetch_runs(_PROJECT.value, _GROUP.value)
-            source = _CONFIG.value or wandb_runs.study_source(runs)
-            if source is None:
-                fail(
-                    f'group {_GROUP.value!r} has no study summary run; name the study with --config'
-                )
-            study = load_study(source)
-            records = wandb_runs.records(study, runs)
             out_dir = _OUT.value or os.path.join('runs', f'compare_{_GROUP.value}')
-    except (StudyError, wandb_runs.WandbUnavailable) as e:
+            out, count = workflows.compare_wandb(
+                _PROJECT.value, _GROUP.value, config=_CONFIG.value, out_dir=out_dir
+            )
+    except (StudyError, WandbUnavailable) as e:
         fail(str(e))
-    if not records:
-        fail(f'no runs of study {study.name!r} found')
-    out = outputs.write_outputs(study, records, out_dir)
     print(f'\n{out.tables_text}\n')
     print('\n'.join(f'- {f}' for f in out.findings))
     print(
         f'\nwrote {os.path.join(out_dir, "report.md")}, results.csv, '
-        f'{", ".join(out.plot_paths) or "no plots"} ({len(records)} runs)'
+        f'{", ".join(out.plot_paths) or "no plots"} ({count} runs)'
     )
 
 

@@ -47,54 +47,24 @@ def fail(message: str, code: int = 2):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-    from normlab.studies import command, outputs, results, runner, wandb_runs, wandb_sweep
-    from normlab.studies.study import StudyError, load_study
+    from normlab.studies import workflows
+    from normlab.studies.command import FlagError
+    from normlab.studies.study import StudyError
 
-    workdir = _WORKDIR.value
     try:
-        study = load_study(_CONFIG.value)
-        runs = study.runs()
-        base, _ = command.parse(command.run_flags(study.config_flag, workdir, runs[0].overrides))
         if _EMIT.value:
-            wandb_sweep.write(study, _EMIT.value, workdir, base.wandb.project, base.wandb.entity)
-            print(
-                f'wrote {_EMIT.value}: a grid of {len(runs)} runs; start it with '
-                f'`wandb sweep {_EMIT.value}`, then `wandb agent ENTITY/PROJECT/SWEEP_ID`'
-            )
+            print(workflows.emit_wandb_sweep(_CONFIG.value, _WORKDIR.value, _EMIT.value))
             return
-        outcomes = runner.run_study(
-            study, workdir, parallel=_PARALLEL.value, reuse_processes=_REUSE.value
+        code = workflows.run_sweep(
+            _CONFIG.value,
+            _WORKDIR.value,
+            parallel=_PARALLEL.value,
+            reuse_processes=_REUSE.value,
+            log_wandb=_LOG_WANDB.value,
         )
-    except (StudyError, command.FlagError) as e:
+    except (StudyError, FlagError) as e:
         fail(str(e))
-    outputs.write_study_file(study, workdir)
-    records = results.local_records(study, workdir, runs)
-    for record, outcome in zip(records, outcomes, strict=True):
-        if outcome.status == 'failed':
-            record.status, record.message = 'failed', outcome.message
-    out = outputs.write_outputs(study, records, workdir)
-    if _LOG_WANDB.value:
-        mode = wandb_runs.log_summary(
-            study, base.wandb.to_dict(), out.table, records, workdir, out.plot_paths, out.findings
-        )
-        wandb_note = f'; W&B group {study.name!r} ({mode})'
-    else:
-        wandb_note = ''
-    print(f'\n{out.tables_text}\n')
-    print('\n'.join(f'- {f}' for f in out.findings))
-    print(
-        f'\nwrote {os.path.join(workdir, "report.md")}, results.csv, '
-        f'{", ".join(out.plot_paths) or "no plots"}{wandb_note}'
-    )
-    failed = [o for o in outcomes if o.status == 'failed']
-    if failed:
-        print(f'\n{len(failed)} of {len(outcomes)} runs failed:', file=sys.stderr)
-        for o in failed:
-            print(
-                f'  {o.run.name}: {o.message}  (log: {workdir}/{o.run.name}/log.txt)',
-                file=sys.stderr,
-            )
-        sys.exit(1)
+    sys.exit(code)
 
 
 if __name__ == '__main__':

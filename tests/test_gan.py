@@ -108,7 +108,10 @@ def test_gan_steps_change_both_networks_and_their_norm_statistics(cache_dir):
         assert np.isfinite(metrics[key]) and metrics[key] > 0, (key, metrics)
 
     def changed(a, b):
-        return all(not np.allclose(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+        return all(
+            not np.allclose(x, y)
+            for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+        )
 
     assert changed(before.generator.params['project'], after.generator.params['project'])
     assert changed(before.discriminator.params['head'], after.discriminator.params['head'])

@@ -97,9 +97,21 @@ PARITY = [
 )
 def test_parity_with_flax(ours, theirs, kwargs, call, shape, dtype):
     x = rand(shape, dtype)
-    y1, s1, v1 = run(ours(**kwargs), x, **call)
-    y2, s2, v2 = run(theirs(**kwargs), x, variables=v1, **call)
-    assert jax.tree.structure(v1) == jax.tree.structure(theirs(**kwargs).init(KEY, x, **call))
+    v = jax.tree_util.tree_map_with_path(_perturb, ours(**kwargs).init(KEY, x, **call))
+    assert jax.tree.structure(v) == jax.tree.structure(theirs(**kwargs).init(KEY, x, **call))
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def outputs_and_grads(module, params, x):
+        def loss(params, x):
+            y, state = module.apply({**v, 'params': params}, x, mutable=True, **call)
+            return jnp.sum(jnp.sin(y.astype(jnp.float32))), (y, state)
+
+        grads, (y, state) = jax.grad(loss, argnums=(0, 1), has_aux=True)(params, x)
+        return y, state, grads
+
+    params = v.get('params', {})
+    y1, s1, g1 = outputs_and_grads(ours(**kwargs), params, x)
+    y2, s2, g2 = outputs_and_grads(theirs(**kwargs), params, x)
     assert y1.dtype == y2.dtype
     tol = 1e-5 if dtype == jnp.float32 else 2e-2
     np.testing.assert_allclose(np.float32(y1), np.float32(y2), atol=tol, rtol=tol)
@@ -108,14 +120,6 @@ def test_parity_with_flax(ours, theirs, kwargs, call, shape, dtype):
     for c in s2:
         for a, b in zip(jax.tree.leaves(s1[c]), jax.tree.leaves(s2[c]), strict=True):
             np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
-
-    def loss(mod, params, x):
-        y, _ = mod.apply({**v1, 'params': params}, x, mutable=True, **call)
-        return jnp.sum(jnp.sin(y.astype(jnp.float32)))
-
-    params = v1.get('params', {})
-    g1 = jax.grad(functools.partial(loss, ours(**kwargs)), argnums=(0, 1))(params, x)
-    g2 = jax.grad(functools.partial(loss, theirs(**kwargs)), argnums=(0, 1))(params, x)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
         np.testing.assert_allclose(np.float32(a), np.float32(b), atol=5 * tol, rtol=5 * tol)
 

@@ -113,9 +113,14 @@ def short_keys(keys: Sequence[str]) -> dict[str, str]:
 
 
 def run_name(point: Point, seed: int, *, keys: Sequence[str] | None = None) -> str:
-    """``norm=group_norm,batch_size=16,seed=0``; characters unsafe in paths become ``_``."""
+    """``norm=group_norm,batch_size=16,seed=0``; a tuple is ``100x100``; characters
+    unsafe in paths become ``_``."""
     shorts = short_keys(list(keys if keys is not None else point))
-    parts = [f'{shorts[k]}={format_value(v)}' for k, v in point.items()] + [f'seed={seed}']
+
+    def text(v):
+        return 'x'.join(map(format_value, v)) if isinstance(v, tuple | list) else format_value(v)
+
+    parts = [f'{shorts[k]}={text(v)}' for k, v in point.items()] + [f'seed={seed}']
     return _UNSAFE.sub('_', ','.join(parts))
 
 

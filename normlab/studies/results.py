@@ -149,7 +149,7 @@ def local_records(
     return records
 
 
-def _number(value) -> float:
+def as_float(value) -> float:
     """A summary value as a float; NaN when absent or not numeric ("nan" strings too)."""
     try:
         return float(value)
@@ -174,7 +174,7 @@ def write_csv(path: str, study: Study, records: Sequence[RunRecord]) -> None:
             for k, v in r.params.items():
                 row[k] = _csv_value(v)
             for m in columns[columns.index('seed') + 1 : -1]:
-                value = _number(r.summary.get(m))
+                value = as_float(r.summary.get(m))
                 row[m] = '' if math.isnan(value) else repr(value)
             writer.writerow(row)
 
@@ -247,7 +247,7 @@ class Table:
     def _cell(runs: Sequence[RunRecord], metric: str) -> Cell:
         values = []
         for r in runs:
-            value = _number(r.summary.get(metric)) if r.status == 'finished' else math.nan
+            value = as_float(r.summary.get(metric)) if r.status == 'finished' else math.nan
             if not math.isnan(value):
                 values.append(value)
         diverged = sum(r.status == 'diverged' for r in runs)

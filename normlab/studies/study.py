@@ -23,8 +23,9 @@ Every run is ``python -m normlab.main --config=<config> --workdir=DIR/<run name>
 plus one ``--config.KEY=VALUE`` per override: the grid point, ``derive(point)``,
 ``fixed``, ``seed`` and ``study`` (the study name, which makes it the W&B group).
 `load_study` checks every override key against the base config (suggesting the
-closest key for a typo), rejects an empty grid, and parses each run's flags exactly
-as the launcher will, so a bad study fails in a second with one clear line.
+closest key for a typo) and rejects an empty grid; the sweep then parses each run's
+flags exactly as the launcher will (`normlab.studies.runner.plan`) before starting
+any, so a bad study fails at once with one clear line.
 """
 
 from __future__ import annotations

@@ -12,12 +12,13 @@ with the fix in the message, when there are none.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 
 from normlab.logging.wandb_run import has_credentials
 from normlab.studies import report as report_lib
-from normlab.studies.results import RunRecord, Table, csv_columns, record_from
+from normlab.studies.results import RunRecord, Table, as_float, csv_columns, record_from
 from normlab.studies.study import Study
 
 API_TIMEOUT_S = 20
@@ -66,9 +67,12 @@ def log_summary(
     try:
         columns = csv_columns(study)
         rows = []
+        metric_columns = columns[columns.index('seed') + 1 : -1]
         for r in records:
             values = {'run': r.name, 'status': r.status, 'message': r.message, **r.params}
-            values.update({m: r.summary.get(m) for m in columns if m in r.summary})
+            for m in metric_columns:  # numbers or None: W&B tables are typed by column
+                value = as_float(r.summary.get(m))
+                values[m] = None if math.isnan(value) else value
             rows.append([_cell(values.get(c)) for c in columns])
         logged = {'results': wandb.Table(columns=columns, data=rows)}
         metrics = (

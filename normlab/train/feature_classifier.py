@@ -5,7 +5,10 @@ images in the pool features of an Inception-v3 trained on ImageNet. Those weight
 are a download, and on 8x8 digits or 28x28 MNIST Inception features say little. So
 normlab trains its own feature network on the GAN's dataset, once, caches it, and
 measures the Frechet distance in its penultimate layer (the global-average-pooled
-features in front of the linear head of `normlab.models` ``cnn``). Its numbers are
+features in front of the linear head of `normlab.models` ``cnn``). It is trained on
+the real images exactly as the GAN's discriminator sees them (`ImageSpace.to_gan`:
+[-1, 1], resized to the GAN's side), so real and generated images reach it through
+the same path and nothing is lost to a resize on the way. Its numbers are
 therefore **not Inception FID**: they are comparable between runs that use the same
 cached classifier (same dataset, recipe and cache key), and not with published FIDs.
 
@@ -47,6 +50,7 @@ from flax import serialization
 from jax.sharding import Mesh
 
 from normlab import data, models, norms, parallel
+from normlab.train.gan_images import ImageSpace
 from normlab.train.steps import TrainState, make_eval_step, make_train_step
 
 CACHE_ENV = 'NORMLAB_CACHE_DIR'
@@ -104,6 +108,7 @@ class FeatureClassifier:
 
     Attributes:
       dataset: the dataset it was trained on.
+      space: the image space of its inputs ([-1, 1] at ``space.size``).
       task: ``'labels'`` or ``'rotation'``.
       num_labels: size of its logits.
       model: the `normlab.models` ``cnn``.
@@ -114,6 +119,7 @@ class FeatureClassifier:
     """
 
     dataset: str
+    space: ImageSpace
     task: str
     num_labels: int
     model: nn.Module
@@ -122,8 +128,8 @@ class FeatureClassifier:
     path: str
 
     def features_and_logits(self, variables, images):
-        """Penultimate features ``(N, D)`` and logits ``(N, num_labels)`` of normalized
-        pipeline images. Pure: call it inside jit / shard_map."""
+        """Penultimate features ``(N, D)`` and logits ``(N, num_labels)`` of images in
+        `space`. Pure: call it inside jit / shard_map."""
         captured = {}
 
         def capture_head_input(next_fun, args, kwargs, context):
@@ -136,7 +142,7 @@ class FeatureClassifier:
         return captured['features'], logits
 
 
-def cache_key(dataset: str, recipe: Recipe) -> str:
+def cache_key(dataset: str, space: ImageSpace, recipe: Recipe) -> str:
     spec = data.get_spec(dataset)
     blob = json.dumps(
         {
@@ -145,8 +151,7 @@ def cache_key(dataset: str, recipe: Recipe) -> str:
             'task': task_of(spec),
             'recipe': dataclasses.asdict(recipe),
             'image_shape': spec.image_shape,
-            'mean': spec.mean,
-            'std': spec.std,
+            'space': dataclasses.asdict(space),
         },
         sort_keys=True,
     )
@@ -161,6 +166,7 @@ def recipe_for(dataset: str, steps: int | None = None) -> Recipe:
 def load_or_train(
     dataset: str,
     *,
+    image_size: int | None = None,
     data_dir: str | None = None,
     cache_dir: str | None = None,
     steps: int | None = None,
@@ -169,11 +175,13 @@ def load_or_train(
 
     Args:
       dataset: a `normlab.data` dataset.
+      image_size: the GAN's image side (None: the dataset's); one network per side.
       data_dir: its TFDS data directory.
       cache_dir: None: ``$NORMLAB_CACHE_DIR`` or ``~/.cache/normlab``.
       steps: training steps instead of the dataset recipe's (a different cache entry).
     """
     spec = data.get_spec(dataset)
+    space = ImageSpace.create(spec, image_size)
     recipe = recipe_for(dataset, steps)
     task = task_of(spec)
     num_labels = spec.num_classes or ROTATIONS
@@ -181,18 +189,19 @@ def load_or_train(
     path = os.path.join(
         cache_dir or default_cache_dir(),
         'feature_classifiers',
-        f'{dataset}-{task}-{cache_key(dataset, recipe)}',
+        f'{dataset}-{space.size}px-{task}-{cache_key(dataset, space, recipe)}',
     )
-    template = _init_variables(model, recipe, spec.image_shape)
+    template = _init_variables(model, recipe, (space.size, space.size, space.channels))
     with _file_lock(path + '.lock'):
         if not os.path.exists(os.path.join(path, 'info.json')):
-            _train_and_save(dataset, recipe, model, template, path, data_dir)
+            _train_and_save(dataset, space, recipe, model, template, path, data_dir)
     with open(os.path.join(path, 'variables.msgpack'), 'rb') as f:
         variables = serialization.from_bytes(template, f.read())
     with open(os.path.join(path, 'info.json')) as f:
         info = json.load(f)
     return FeatureClassifier(
         dataset=dataset,
+        space=space,
         task=task,
         num_labels=num_labels,
         model=model,
@@ -213,11 +222,12 @@ def _rotate(images: np.ndarray, k: np.ndarray) -> np.ndarray:
     return rotations[k, np.arange(len(images))]
 
 
-def _as_task(batch: dict, task: str, rng: np.random.Generator | None) -> dict:
-    """The batch relabelled for the task; ``rng=None`` enumerates all rotations."""
+def _as_task(batch: dict, to_gan, task: str, rng: np.random.Generator | None) -> dict:
+    """The batch in GAN space, labelled for the task; ``rng=None`` enumerates all
+    rotations."""
+    images, mask = np.asarray(to_gan(batch['image'])), batch['mask']
     if task == 'labels':
-        return {k: batch[k] for k in ('image', 'label', 'mask')}
-    images, mask = batch['image'], batch['mask']
+        return {'image': images, 'label': batch['label'], 'mask': mask}
     if rng is None:
         k = np.repeat(np.arange(ROTATIONS), len(images))
         images, mask = np.tile(images, (ROTATIONS, 1, 1, 1)), np.tile(mask, ROTATIONS)
@@ -226,7 +236,7 @@ def _as_task(batch: dict, task: str, rng: np.random.Generator | None) -> dict:
     return {'image': _rotate(images, k), 'label': k.astype(np.int32), 'mask': mask}
 
 
-def _train_and_save(dataset, recipe: Recipe, model, template, path, data_dir) -> None:
+def _train_and_save(dataset, space, recipe: Recipe, model, template, path, data_dir) -> None:
     t0 = time.perf_counter()
     spec = data.get_spec(dataset)
     task = task_of(spec)
@@ -253,17 +263,19 @@ def _train_and_save(dataset, recipe: Recipe, model, template, path, data_dir) ->
         dataset, global_batch_size=recipe.batch_size, seed=recipe.seed, data_dir=data_dir
     )
     rng = np.random.default_rng(recipe.seed)
+    to_gan = jax.jit(space.to_gan)
     for _ in range(recipe.steps):
-        batch = parallel.global_batch(mesh, _as_task(next(batches), task, rng))
+        batch = parallel.global_batch(mesh, _as_task(next(batches), to_gan, task, rng))
         state, metrics = train_step(state, batch)
     eval_step = make_eval_step(model, mesh)
     totals = np.zeros(3)
     for batch in data.eval_iterator(dataset, global_batch_size=500, data_dir=data_dir):
-        batch = parallel.global_batch(mesh, _as_task(batch, task, None))
+        batch = parallel.global_batch(mesh, _as_task(batch, to_gan, task, None))
         totals += np.asarray(jax.device_get(eval_step(state.variables(), batch)))
     _, correct, count = totals
     info = {
         'dataset': dataset,
+        'image_size': space.size,
         'task': task,
         'recipe': dataclasses.asdict(recipe),
         'test_accuracy': correct / count,

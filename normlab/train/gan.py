@@ -236,6 +236,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         files.truncate_metrics(start_step)
     classifier = load_or_train(
         config.dataset,
+        image_size=config.image_size,
         data_dir=config.data_dir,
         cache_dir=config.eval.cache_dir,
         steps=config.eval.classifier_steps,
@@ -263,7 +264,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
 
     train_step = make_train_step(generator, discriminator, g_tx, d_tx, mesh, step_options(config))
-    evaluator = GANEvaluator(config, generator, mesh, image_space(config), classifier, data_kwargs)
+    evaluator = GANEvaluator(config, generator, mesh, classifier, data_kwargs)
     batches = _real_batches(config, start_step, data_kwargs)
     progress = Progress(
         total_steps, start_step, config.batch_size * config.discriminator.steps, enabled=is_chief

@@ -113,3 +113,39 @@ def gan_config() -> ml_collections.ConfigDict:
     c.study = config_dict.placeholder(str)
     c.wandb = wandb_config()
     return c
+
+
+SPECTRAL = 'spectral'
+
+
+def set_norms(config: ml_collections.ConfigDict, g_norm: str, d_norm: str) -> None:
+    """Sets the generator's and the discriminator's norm by name, as studies name them.
+
+    ``d_norm='spectral'`` means spectral norm on every discriminator layer (Miyato et
+    al. 2018) and no activation norm, SNGAN's discriminator; any other name is a
+    `normlab.norms.make_norm` name, without spectral norm.
+    """
+    config.generator.norm.name = g_norm
+    spectral = d_norm == SPECTRAL
+    config.discriminator.norm.name = 'none' if spectral else d_norm
+    config.discriminator.spectral_norm = spectral
+
+
+def shrink_for_smoke(config: ml_collections.ConfigDict) -> None:
+    """A few steps of tiny networks and a few-step feature classifier: for tests.
+
+    The numbers mean nothing; every code path (both updates, checkpoints, evaluation,
+    files) still runs.
+    """
+    config.generator.width = 8
+    config.generator.latent_dim = 8
+    config.discriminator.width = 8
+    config.batch_size = 16
+    config.num_train_steps = 4
+    config.eval_every_steps = None
+    config.eval.num_samples = 64
+    config.eval.num_real = 128
+    config.eval.grid_rows = 4
+    config.eval.classifier_steps = 30
+    config.log_every_steps = 2
+    config.checkpoint_every_steps = 2

@@ -3,8 +3,8 @@
 At every evaluation the generator (its EMA weights when configured) draws
 ``eval.num_samples`` examples from fixed noise, so two evaluations of the same weights
 give the same numbers. Real and generated images take the same path to the feature
-classifier (`normlab.train.feature_classifier`): [-1, 1] at the GAN's side, resized to
-the dataset's side, normalized as in its training. Metrics:
+classifier (`normlab.train.feature_classifier`), which was trained on real images in
+the GAN's space ([-1, 1] at the GAN's side). Metrics:
 
 * ``eval/frechet_distance``: the Frechet distance (`normlab.metrics.frechet`) between
   Gaussian fits of the classifier's penultimate features on ``eval.num_real`` real
@@ -42,7 +42,7 @@ from normlab import data, parallel
 from normlab.metrics import FeatureMoments, frechet_distance, label_entropy
 from normlab.parallel import DATA_AXIS
 from normlab.train.feature_classifier import FeatureClassifier
-from normlab.train.gan_images import ImageSpace, image_grid
+from normlab.train.gan_images import image_grid
 from normlab.train.gan_steps import EVAL_NOISE, GANState, noise
 
 # The real reference is read in this order whatever the run's seed, so every run of a
@@ -87,12 +87,12 @@ def make_sample_step(
     return jax.jit(sample)
 
 
-def make_feature_step(classifier: FeatureClassifier, space: ImageSpace, mesh: Mesh):
+def make_feature_step(classifier: FeatureClassifier, mesh: Mesh):
     """``sums(classifier_variables, gan_images, mask, labels)``: feature moments, predicted
     label counts and agreements with `labels` over the real (mask 1) rows, all devices."""
 
     def sums(variables, images, mask, labels):
-        features, logits = classifier.features_and_logits(variables, space.to_data(images))
+        features, logits = classifier.features_and_logits(variables, images)
         features = features.astype(jnp.float32) * mask[:, None]
         predicted = jnp.argmax(logits, axis=-1)
         counts = jnp.sum(jax.nn.one_hot(predicted, classifier.num_labels) * mask[:, None], axis=0)
@@ -133,11 +133,10 @@ class GANEvaluator:
         config,
         generator: nn.Module,
         mesh: Mesh,
-        space: ImageSpace,
         classifier: FeatureClassifier,
         data_kwargs: dict,
     ):
-        self.config, self.mesh, self.space = config, mesh, space
+        self.config, self.mesh = config, mesh
         self.classifier = classifier
         self.data_kwargs = data_kwargs
         spec = data.get_spec(config.dataset)
@@ -151,11 +150,11 @@ class GANEvaluator:
             num_classes=self.num_classes,
             batch_statistics=config.generator.eval_norm_stats == 'batch',
         )
-        self.features = make_feature_step(classifier, space, mesh)
+        self.features = make_feature_step(classifier, mesh)
         self.classifier_variables = parallel.replicate(mesh, classifier.variables)
         self._reference: tuple[_Accumulator, _Accumulator] | None = None
         self.with_labels = classifier.task == 'labels'
-        self.to_gan = jax.jit(space.to_gan)
+        self.to_gan = jax.jit(classifier.space.to_gan)
 
     def _local_mask(self, first_row: int, limit: int) -> np.ndarray:
         """This process's rows of a global batch starting at stream row `first_row`:

@@ -4,8 +4,8 @@ The data pipeline yields images normalized per channel, ``(pixel - mean) / std``
 pixels in [0, 1] (`normlab.data.DatasetSpec`), at the dataset's own side. A DCGAN
 generator ends in ``tanh`` (Radford et al. 2016), so the trainer maps real images to
 ``2 * pixel - 1`` and, when ``config.image_size`` differs from the dataset's, resizes
-them bilinearly. `ImageSpace.to_data` is the way back, used to show generated images
-to the feature classifier exactly as it saw its training data.
+them bilinearly. The feature classifier of the evaluation is trained in this space
+too, so generated images need no conversion to be evaluated.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from normlab.data import DatasetSpec
 
 @dataclasses.dataclass(frozen=True)
 class ImageSpace:
-    """The pipeline's normalized images <-> [-1, 1] images of side `size`."""
+    """Maps the pipeline's normalized images to [-1, 1] images of side `size`."""
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -48,7 +48,7 @@ class ImageSpace:
     def _resize(self, images, side: int):
         if images.shape[1] == side:
             return images
-        # jax.image.resize antialiases when shrinking, so 16 -> 8 averages, not aliases.
+        # jax.image.resize antialiases when shrinking (e.g. CelebA to a 32x32 GAN).
         shape = (images.shape[0], side, side, images.shape[3])
         return jax.image.resize(images, shape, method='linear')
 
@@ -56,12 +56,6 @@ class ImageSpace:
         """Normalized pipeline images -> [-1, 1] at `size`."""
         mean, std = self._stats()
         return self._resize((images * std + mean) * 2.0 - 1.0, self.size)
-
-    def to_data(self, images: jax.Array) -> jax.Array:
-        """[-1, 1] images -> normalized images at the dataset's own side."""
-        mean, std = self._stats()
-        pixels = (self._resize(images, self.native_size) + 1.0) / 2.0
-        return (pixels - mean) / std
 
 
 def image_grid(images: np.ndarray, rows: int, *, min_cell: int = 32) -> np.ndarray:

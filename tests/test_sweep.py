@@ -1,0 +1,199 @@
+"""Studies end to end: a tiny sweep, skip-and-resume, compare, the W&B sweep file, bad studies.
+
+The sweep runs once per module (2 norms x 2 batch sizes x 1 seed of smoke-sized
+digits runs, on 4 simulated devices); the other tests read or copy its directory.
+"""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from normlab.studies import grid, load_study, runner, wandb_sweep, workflows
+from normlab.studies import study as study_lib
+from normlab.studies.command import FlagError, parse, run_flags
+from normlab.studies.study import StudyError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TINY_GRID = (
+    "grid.product(grid.axis('norm.name', ['batch_norm', 'none']), grid.axis('batch_size', [4, 8]))"
+)
+TINY_STUDY = """
+from normlab.studies import Report, Study, grid
+
+def get_study(arg=None):
+    return Study(
+        name='tiny',
+        config='configs/digits_mlp.py:smoke=True',
+        grid={grid},
+        seeds=(0,),
+        fixed={{'num_train_steps': 4}},
+        report=Report(metrics=('eval/error',), x='batch_size', series='norm.name'),
+    )
+"""
+
+
+def write_study(directory, grid=TINY_GRID, name='tiny_study.py'):
+    path = os.path.join(directory, name)
+    with open(path, 'w') as f:
+        f.write(TINY_STUDY.format(grid=grid))
+    return path
+
+
+def run_module(module, *args, check=True):
+    env = {**os.environ, 'WANDB_MODE': 'offline', 'PYTHONPATH': REPO}
+    proc = subprocess.run(
+        [sys.executable, '-m', module, *args], env=env, cwd=REPO, capture_output=True, text=True
+    )
+    if check:
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+def printed_table(stdout):
+    """The markdown table lines a sweep or compare printed."""
+    return [line for line in stdout.splitlines() if line.startswith('|')]
+
+
+@pytest.fixture(scope='module')
+def swept(tmp_path_factory):
+    base = tmp_path_factory.mktemp('sweep')
+    study = write_study(str(base))
+    workdir = str(base / 'runs')
+    proc = run_module('normlab.sweep', f'--config={study}', f'--workdir={workdir}', '--parallel=2')
+    return study, workdir, proc
+
+
+def read_results(workdir):
+    with open(os.path.join(workdir, 'results.csv')) as f:
+        return list(csv.DictReader(f))
+
+
+def test_tiny_sweep_writes_runs_results_report_and_plots(swept):
+    _, workdir, proc = swept
+    rows = read_results(workdir)
+    names = {r['run'] for r in rows}
+    assert names == {
+        f'norm={n},batch_size={b},seed=0' for n in ('batch_norm', 'none') for b in (4, 8)
+    }
+    for r in rows:
+        assert r['status'] == 'finished', r
+        assert 0.0 <= float(r['eval/error']) <= 1.0
+        assert float(r['wall_s']) > 0
+        run_dir = os.path.join(workdir, r['run'])
+        with open(os.path.join(run_dir, 'config.json')) as f:
+            config = json.load(f)
+        assert (config['norm']['name'], config['batch_size']) == (
+            r['norm.name'],
+            int(r['batch_size']),
+        )
+        assert config['study'] == 'tiny'  # the W&B group
+        with open(os.path.join(run_dir, 'command.sh')) as f:
+            assert '-m normlab.main' in f.read()
+    report = open(os.path.join(workdir, 'report.md')).read()
+    assert '## Findings' in report and 'eval_error.png' in report
+    assert '| norm \\ batch_size | 4' in report.replace('  ', ' ')
+    assert os.path.getsize(os.path.join(workdir, 'eval_error.png')) > 1000
+    assert len(printed_table(proc.stdout)) == 4  # header, rule, one row per norm
+    assert os.path.isdir(os.path.join(workdir, 'wandb'))  # the offline summary run
+
+
+def test_rerun_skips_finished_and_resumes_interrupted(swept, tmp_path):
+    study, workdir, _ = swept
+    copy = str(tmp_path / 'runs')
+    shutil.copytree(workdir, copy)
+    rows = {r['run']: r for r in read_results(copy)}
+    interrupted, missing = 'norm=none,batch_size=4,seed=0', 'norm=batch_norm,batch_size=8,seed=0'
+    os.remove(os.path.join(copy, interrupted, 'summary.json'))  # killed before the end
+    shutil.rmtree(os.path.join(copy, missing))  # never started
+
+    printed = []
+    assert workflows.run_sweep(study, copy, log_wandb=False, echo=printed.append) == 0
+    assert '2 already done, 2 to run' in printed[0]
+    started = sorted(line.split(': ')[0].split('] ')[1] for line in printed if line[0] == '[')
+    assert started == sorted([interrupted, missing])
+    log = open(os.path.join(copy, interrupted, 'log.txt')).read()
+    assert 'resumed from the checkpoint' in log
+    again = {r['run']: r for r in read_results(copy)}
+    assert all(r['status'] == 'finished' for r in again.values())
+    # Resuming from the last checkpoint gives the uninterrupted run's numbers.
+    assert again[interrupted]['eval/error'] == rows[interrupted]['eval/error']
+
+
+def test_compare_reproduces_the_sweep_table(swept, tmp_path):
+    _, workdir, proc = swept
+    out_dir = str(tmp_path / 'compare')
+    out, count = workflows.compare_local(workdir, out_dir=out_dir)
+    assert count == 4
+    assert printed_table(out.tables_text) == printed_table(proc.stdout)
+    with open(os.path.join(out_dir, 'results.csv')) as a, open(f'{workdir}/results.csv') as b:
+        assert a.read() == b.read()
+    assert os.path.exists(os.path.join(out_dir, 'eval_error.png'))
+
+
+def test_emitted_wandb_sweep_parses_and_names_real_config_keys(swept, tmp_path):
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
+
+    study = load_study(swept[0])
+    path = str(tmp_path / 'sweep.yaml')
+    wandb_sweep.write(study, path, 'runs/tiny', 'normlab', None)
+    with open(path) as f:
+        definition = yaml.safe_load(f)
+    assert definition['method'] == 'grid'
+    assert definition['command'][-1] == '${args}'
+    assert '-m normlab.main' in definition['command'][2]
+    known = study_lib.flat_keys(study_lib.load_base_config(study))
+    keys = wandb_sweep.parameter_keys(definition)
+    assert set(keys) >= {'norm.name', 'batch_size', 'seed', 'num_train_steps', 'study'}
+    assert all(k in known for k in keys), keys
+    # What an agent would pass for one grid point parses into that point's config.
+    params = {
+        name: {'value': p['values'][-1] if 'values' in p else p['value']}
+        for name, p in definition['parameters'].items()
+    }
+    flags = create_sweep_command_args({'args': params})['args']
+    config, _ = parse([f'--config={study.config_flag}', '--workdir=/tmp/x', *flags])
+    assert (config.norm.name, config.batch_size, config.study) == ('none', 8, 'tiny')
+
+
+def test_bad_study_files_fail_with_one_clear_line(tmp_path):
+    typo = write_study(str(tmp_path), TINY_GRID.replace("'norm.name'", "'norm.nme'"), 'typo.py')
+    with pytest.raises(StudyError, match="unknown config key 'norm.nme'.*did you mean 'norm.name'"):
+        load_study(typo)
+    with pytest.raises(StudyError, match='empty grid'):
+        load_study(write_study(str(tmp_path), '()', 'empty.py'))
+    wrong_type = write_study(str(tmp_path), TINY_GRID.replace('[4, 8]', "['four']"), 'type.py')
+    with pytest.raises(FlagError, match='batch_size=four'):
+        runner.plan(load_study(wrong_type), str(tmp_path / 'runs'))
+    # From the command line: exit status 2 and one line naming the key and the fix.
+    proc = run_module('normlab.sweep', f'--config={typo}', f'--workdir={tmp_path}', check=False)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and 'norm.nme' in errors[0] and 'norm.name' in errors[0], errors
+
+
+def test_grid_helpers_and_run_names():
+    points = grid.product(
+        grid.zipped({'norm.name': ['group_norm', 'layer_norm'], 'norm.num_groups': [10, 1]}),
+        grid.axis('batch_size', [2, 16]),
+    )
+    assert points[1] == {'norm.name': 'group_norm', 'norm.num_groups': 10, 'batch_size': 16}
+    runs = grid.expand(
+        points, seeds=(0, 1), derive=lambda p: {'learning_rate': p['batch_size'] / 10}
+    )
+    assert len(runs) == 8
+    assert runs[0].name == 'norm=group_norm,num_groups=10,batch_size=2,seed=0'
+    assert runs[0].overrides['learning_rate'] == 0.2
+    assert grid.run_name({'model_options.widths': (100, 100)}, 0) == 'widths=100x100,seed=0'
+    assert grid.run_name({'dataset': 'a/b c'}, 1) == 'dataset=a_b_c,seed=1'
+    with pytest.raises(ValueError, match='give the run name'):
+        grid.expand(grid.union(grid.axis('seed_x', [1]), grid.axis('seed_x', [1])), seeds=(0,))
+    assert run_flags('c.py', 'w', {'norm.virtual_batch_size': None, 'augment': False})[2:] == [
+        '--config.augment=False'
+    ]
