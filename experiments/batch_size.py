@@ -46,9 +46,15 @@ def _pct(cell) -> str:
 
 
 def _degrades(small, large) -> bool:
-    """A rise that seed noise does not explain: >1 point, >2x, and >2 std of both."""
+    """A collapse seed noise does not explain: >1 point, >2x, and >2 std of both."""
     gap = small.mean - large.mean
     return gap > 0.01 and small.mean > 2 * large.mean and gap > 2 * (small.std + large.std)
+
+
+def _elevated(small, large) -> bool:
+    """A smaller rise that seed noise does not explain: >0.5 point and >2 std of both."""
+    gap = small.mean - large.mean
+    return gap > max(0.005, 2 * (small.std + large.std))
 
 
 def findings(table) -> list[str]:
@@ -56,51 +62,64 @@ def findings(table) -> list[str]:
     m = 'eval/error'
     sizes = sorted(table.values('batch_size'))
     small, large = sizes[0], sizes[-1]
-    norms = table.values('norm.name')
 
     def at(norm, b):
         return table.cell(m, **{'norm.name': norm, 'batch_size': b})
 
     def measured(norm):
-        points = [{'norm.name': norm, 'batch_size': b} for b in (small, large)]
+        points = [{'norm.name': norm, 'batch_size': b} for b in sizes]
         return all(table.has(**p) and table.cell(m, **p).n for p in points)
 
-    norms = [n for n in norms if measured(n)]
+    norms = [n for n in table.values('norm.name') if measured(n)]
     out = []
+    bn_collapses = False
     if 'batch_norm' in norms:
-        bn_small, bn_large = at('batch_norm', small), at('batch_norm', large)
-        if _degrades(bn_small, bn_large):
-            fine = [b for b in sizes if not _degrades(at('batch_norm', b), bn_large)]
+        bn_large = at('batch_norm', large)
+        bn_collapses = _degrades(at('batch_norm', small), bn_large)
+        risen = [b for b in sizes if _elevated(at('batch_norm', b), bn_large)]
+        steady = [b for b in sizes if b > max(risen, default=0)]
+        if risen:
+            lo, hi = (
+                min(at('batch_norm', b).mean for b in steady),
+                max(at('batch_norm', b).mean for b in steady),
+            )
+            rises = ', '.join(f'{_pct(at("batch_norm", b))} at batch {b}' for b in risen[::-1])
+            verdict = 'degrades sharply' if bn_collapses else 'degrades mildly'
             out.append(
-                f'BatchNorm degrades at small batches: its test error rises from '
-                f'{_pct(bn_large)} at batch {large} to {_pct(bn_small)} at batch {small}, and '
-                f'stays close to its large-batch level only down to batch {min(fine)}.'
+                f'BatchNorm {verdict} at small batches: {number(lo, m)}-{number(hi, m)}% test '
+                f'error from batch {large} down to {min(steady)}, then {rises}.'
             )
         else:
             out.append(
-                f'BatchNorm does not degrade at small batches here: {_pct(bn_small)} at batch '
-                f'{small} against {_pct(bn_large)} at batch {large}.'
+                'BatchNorm does not degrade at small batches here: '
+                f'{_pct(at("batch_norm", small))} at batch {small} against {_pct(bn_large)} '
+                f'at batch {large}.'
             )
     flat = []
     for norm in [n for n in PER_EXAMPLE if n in norms]:
-        cells = [at(norm, b) for b in sizes if at(norm, b).n]
+        cells = [at(norm, b) for b in sizes]
         lo, hi = min(cells, key=lambda c: c.mean), max(cells, key=lambda c: c.mean)
-        steady = not _degrades(hi, lo)
-        flat.append(steady)
-        verb = 'stays within' if steady else 'varies over'
-        out.append(f'{NAMES[norm]} {verb} {_pct(lo)}-{_pct(hi)} across batch sizes.')
+        flat.append(not _degrades(hi, lo))
+        verb = 'stays within' if flat[-1] else 'varies over'
+        out.append(f'{NAMES[norm]} {verb} {_pct(lo)}-{_pct(hi)} at every batch size.')
     if 'batch_norm' in norms and flat:
-        shows = _degrades(at('batch_norm', small), at('batch_norm', large)) and all(flat)
         out.append(
-            "This is the Group Normalization paper's pattern: normalizing over batch "
-            'statistics fails when the batch is tiny, normalizing within each example does not.'
-            if shows
-            else "So this run does not reproduce the Group Normalization paper's pattern."
+            "This is the Group Normalization paper's pattern: statistics over the batch fail "
+            'when the batch is tiny, statistics within each example do not.'
+            if bn_collapses and all(flat)
+            else "So this study does not show the Group Normalization paper's pattern."
         )
-    for norm in ('batch_renorm', 'none', 'instance_norm'):
+    if 'batch_renorm' in norms and 'batch_norm' in norms and bn_collapses:
+        renorm, bn = at('batch_renorm', small), at('batch_norm', small)
+        out.append(
+            f'Batch Renorm, which corrects the batch statistics toward the running averages, '
+            f'{"recovers part of the loss" if renorm.mean < bn.mean else "does not help"} at '
+            f"batch {small}: {_pct(renorm)} against BatchNorm's {_pct(bn)}."
+        )
+    for norm in ('none', 'instance_norm'):
         if norm in norms:
             out.append(
-                f'{NAMES[norm]}: {_pct(at(norm, small))} at batch {small}, '
+                f'{NAMES[norm].capitalize()}: {_pct(at(norm, small))} at batch {small}, '
                 f'{_pct(at(norm, large))} at batch {large}.'
             )
     return out

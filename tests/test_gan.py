@@ -7,6 +7,8 @@ into a per-session cache shared by the tests here.
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -14,12 +16,13 @@ import pytest
 import scipy.linalg
 
 from configs import digits_dcgan
-from normlab import parallel
+from normlab import data, parallel
 from normlab.metrics import FeatureMoments, frechet_distance, label_entropy
-from normlab.train import ConfigError, gan
+from normlab.train import ConfigError, feature_classifier, gan
 from normlab.train.checkpointing import Checkpointer
 
 TIMING = ('wall_s', 'compile_s', 'examples_per_s', 'train_s')
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')
@@ -82,6 +85,18 @@ def test_label_entropy_measures_mode_coverage():
     assert label_entropy(np.full(10, 7)) == pytest.approx(np.log(10))
     assert label_entropy(np.array([0, 12, 0])) == 0.0
     assert label_entropy(np.array([5, 5, 0, 0])) == pytest.approx(np.log(2))
+
+
+def test_the_rotation_task_of_unlabelled_datasets():
+    # CelebA has no labels: its feature network learns which rotation was applied.
+    images = np.random.default_rng(0).normal(size=(3, 4, 4, 1)).astype(np.float32)
+    batch = {'image': images, 'mask': np.ones(3, np.float32)}
+    every = feature_classifier._as_task(batch, lambda x: x, 'rotation', None)
+    np.testing.assert_array_equal(every['label'], np.repeat(np.arange(4), 3))
+    for i, k in enumerate(every['label']):
+        np.testing.assert_array_equal(every['image'][i], np.rot90(images[i % 3], k))
+    assert feature_classifier.task_of(data.get_spec('celeb_a')) == 'rotation'
+    assert feature_classifier.task_of(data.get_spec('digits')) == 'labels'
 
 
 # --- the train step ----------------------------------------------------------------------
@@ -220,3 +235,25 @@ def test_bad_configs_fail_in_one_line_before_compiling(cache_dir, tmp_path, over
         gan.validate(c, str(tmp_path))
     text = str(info.value)
     assert message in text and '\n' not in text, text
+
+
+def test_the_launcher_runs_gan_configs_and_rejects_bad_ones_in_one_line(tmp_path):
+    # The launcher dispatches on the `generator` key; validation fails before compiling.
+    proc = subprocess.run(
+        [
+            sys.executable,
+            '-m',
+            'normlab.main',
+            '--config=configs/digits_dcgan.py:smoke=True',
+            f'--workdir={tmp_path}',
+            '--config.discriminator.norm.name=batch_norm',
+            '--config.discriminator.r1_weight=10.0',
+        ],
+        cwd=REPO,
+        env={**os.environ, 'PYTHONPATH': REPO, 'WANDB_MODE': 'offline'},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith('error: discriminator.norm.name=') and 'r1_weight' in last, last
