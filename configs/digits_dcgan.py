@@ -35,15 +35,19 @@ def get_config(arg=None):
     set_norms(c, arg.g_norm, arg.d_norm)
     c.generator.width = 32
     c.generator.latent_dim = 32
+    # 5x DCGAN's 2e-4: with these small networks on 1,437 digits the discriminator
+    # otherwise wins (>99% accuracy by step 1,000) and the samples stay blurred; measured
+    # at 3,000 steps, Frechet distance 3.0 with 1e-3 against 5.4 with 2e-4.
+    c.generator.learning_rate = 1e-3
     c.generator.ema_decay = 0.999
     c.discriminator.width = 32
-    c.batch_size = 64
-    c.num_train_steps = 2000
-    c.eval_every_steps = 500
+    c.batch_size = 32
+    c.num_train_steps = 3000
+    c.eval_every_steps = 1000
     c.eval.num_samples = 1437  # as many as the real reference (the whole train split)
     c.eval.num_real = 1437
     c.log_every_steps = 100
-    c.checkpoint_every_steps = 500
+    c.checkpoint_every_steps = 1000
     if arg.smoke:
         shrink_for_smoke(c)
     return c

@@ -56,8 +56,8 @@ def findings(table) -> list[str]:
         highest[norm] = max(good)
         diverged = [lr for lr, c in cells if c.diverged]
         text = (
-            f'{NAMES.get(norm, norm)}: best {number(best, m)}% at lr {best_lr:g}; within '
-            f'max(1 point, 2x) of it from lr {min(good):g} to {max(good):g}'
+            f'{NAMES.get(norm, norm)}: best {number(best, m)}% at lr {best_lr:g}, and good '
+            f'(at most twice that, or 1 point more) from lr {min(good):g} to {max(good):g}'
         )
         if diverged:
             text += f'; diverged at lr {", ".join(f"{lr:g}" for lr in diverged)}'

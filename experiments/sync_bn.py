@@ -82,7 +82,7 @@ def get_study(arg=None):
         report=Report(
             metrics=('eval/error', 'train/error'),
             x='norm.virtual_batch_size',
-            series=None,
+            series='metric',
             findings=findings,
         ),
         description=(
