@@ -27,7 +27,7 @@ NAMES = {
     'group_norm': 'GroupNorm',
     'layer_norm': 'LayerNorm',
     'batch_renorm': 'Batch Renorm',
-    'none': 'no normalization',
+    'none': 'No normalization',
 }
 
 
@@ -35,14 +35,17 @@ def tolerated(cells) -> tuple[float, float, list]:
     """(best error, its rate, rates whose error is within max(1 point, 2x best) of it)."""
     measured = [(lr, c) for lr, c in cells if c.n]
     best_lr, best = min(measured, key=lambda item: item[1].mean)
-    limit = best.mean + max(0.01, best.mean)
+    limit = best.mean + max(0.01, best.mean) + 1e-9  # 1e-9: an error of exactly twice counts
     return best.mean, best_lr, [lr for lr, c in measured if c.mean <= limit]
 
 
 def findings(table) -> list[str]:
     m = 'eval/error'
     rates = sorted(table.values('learning_rate'))
-    out = []
+    out = [
+        "(A rate is good for a norm when its error is at most twice the norm's best, or 1 "
+        'point above it if that is more.)'
+    ]
     highest = {}
     for norm in table.values('norm.name'):
         cells = [
@@ -56,26 +59,30 @@ def findings(table) -> list[str]:
         highest[norm] = max(good)
         diverged = [lr for lr, c in cells if c.diverged]
         text = (
-            f'{NAMES.get(norm, norm)}: best {number(best, m)}% at lr {best_lr:g}, and good '
-            f'(at most twice that, or 1 point more) from lr {min(good):g} to {max(good):g}'
+            f'{NAMES.get(norm, norm)}: best {number(best, m)}% at lr {best_lr:g}, good from lr '
+            f'{min(good):g} to {max(good):g}'
         )
         if diverged:
             text += f'; diverged at lr {", ".join(f"{lr:g}" for lr in diverged)}'
         out.append(text + '.')
-    normalized = {n: lr for n, lr in highest.items() if n != 'none'}
-    if 'none' in highest and normalized:
-        ratio = min(normalized.values()) / highest['none']
-        if ratio > 1:
+    if 'none' in highest:
+        base = highest['none']
+        wider = [(n, lr) for n, lr in highest.items() if n != 'none' and lr > base]
+        same = [n for n, lr in highest.items() if n != 'none' and lr <= base]
+        parts = [
+            f'{NAMES.get(n, n)} up to lr {lr:g} ({lr / base:.3g}x)'
+            for n, lr in sorted(wider, key=lambda item: -item[1])
+        ]
+        if parts:
             out.append(
-                f'Every normalization tolerates learning rates at least {ratio:g}x higher than '
-                f'the unnormalized network (up to lr {min(normalized.values()):g} against '
-                f'{highest["none"]:g}).'
+                f'Against the unnormalized network (good up to lr {base:g}), the range of good '
+                f'learning rates widens for {"; ".join(parts)}'
+                + (f', but not for {", ".join(NAMES.get(n, n) for n in same)}.' if same else '.')
             )
-        else:
+        elif same:
             out.append(
-                'Normalization does not widen the range of good learning rates here: the '
-                f'unnormalized network stays good up to lr {highest["none"]:g}, the least '
-                f'tolerant normalization up to {min(normalized.values()):g}.'
+                f'No normalization widens the range of good learning rates beyond the '
+                f"unnormalized network's (up to lr {base:g})."
             )
     return out
 

@@ -214,8 +214,10 @@ def run_study(
 
     env = run_env(study, parallel)
     jobs: queue.Queue = queue.Queue()
-    # Longest first: with several slots the sweep then ends when its last short run does.
-    for item in sorted(todo, key=lambda item: -_cost(item[2])):
+    # Longest first, so parallel slots finish together; among equals, every point's first
+    # seed before any second seed, so a second seed finds its executables compiled by
+    # the first in the persistent compilation cache instead of compiling alongside it.
+    for item in sorted(todo, key=lambda item: (-_cost(item[2]), item[0].seed)):
         jobs.put(item[:2])
     lock = threading.Lock()
     finished_count = [0]

@@ -191,12 +191,13 @@ def load_or_train(
         'feature_classifiers',
         f'{dataset}-{space.size}px-{task}-{cache_key(dataset, space, recipe)}',
     )
-    template = _init_variables(model, recipe, (space.size, space.size, space.channels))
+    init = _initializer(model, recipe, (space.size, space.size, space.channels))
     with _file_lock(path + '.lock'):
         if not os.path.exists(os.path.join(path, 'info.json')):
-            _train_and_save(dataset, space, recipe, model, template, path, data_dir)
+            _train_and_save(dataset, space, recipe, model, init(), path, data_dir)
     with open(os.path.join(path, 'variables.msgpack'), 'rb') as f:
-        variables = serialization.from_bytes(template, f.read())
+        # Only the tree structure is needed to restore: no init to compile.
+        variables = serialization.from_bytes(jax.eval_shape(init), f.read())
     with open(os.path.join(path, 'info.json')) as f:
         info = json.load(f)
     return FeatureClassifier(
@@ -211,9 +212,10 @@ def load_or_train(
     )
 
 
-def _init_variables(model: nn.Module, recipe: Recipe, image_shape) -> dict:
+def _initializer(model: nn.Module, recipe: Recipe, image_shape):
+    """``init() -> variables``, jitted."""
     dummy = jnp.zeros((2, *image_shape), jnp.float32)
-    return jax.jit(lambda: model.init(jax.random.key(recipe.seed), dummy, train=False))()
+    return jax.jit(lambda: model.init(jax.random.key(recipe.seed), dummy, train=False))
 
 
 def _rotate(images: np.ndarray, k: np.ndarray) -> np.ndarray:

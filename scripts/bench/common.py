@@ -114,7 +114,8 @@ def machine() -> dict:
                 if line.startswith('flags'):
                     have = set(line.split(':', 1)[1].split())
                     flags = ' '.join(
-                        f for f in ('avx', 'avx2', 'fma', 'avx512f', 'avx512_bf16', 'amx_bf16')
+                        f
+                        for f in ('avx', 'avx2', 'fma', 'avx512f', 'avx512_bf16', 'amx_bf16')
                         if f in have
                     )
                     break

@@ -50,7 +50,9 @@ CASES = (
     Case('group_norm', norms.GroupNorm, nn.GroupNorm, {'num_groups': 32}, CONV_SHAPES),
     Case('instance_norm', norms.InstanceNorm, nn.InstanceNorm, {}, CONV_SHAPES),
     # make_norm('layer_norm') in conv nets: over (H, W, C), scale/bias per channel.
-    Case('layer_norm_hwc', norms.LayerNorm, nn.LayerNorm, {'reduction_axes': (1, 2, 3)}, CONV_SHAPES),
+    Case(
+        'layer_norm_hwc', norms.LayerNorm, nn.LayerNorm, {'reduction_axes': (1, 2, 3)}, CONV_SHAPES
+    ),
     Case('layer_norm', norms.LayerNorm, nn.LayerNorm, {}, TOKEN_SHAPES),
     Case('rms_norm', norms.RMSNorm, nn.RMSNorm, {}, TOKEN_SHAPES),
 )
