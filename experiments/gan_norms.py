@@ -45,7 +45,7 @@ NAMES = {
     'layer_norm': 'LN',
     'instance_norm': 'IN',
     'spectral': 'SN',
-    'none': 'none',
+    'none': 'no norm',
 }
 G_KEY, D_KEY, SN_KEY = (
     'generator.norm.name',
@@ -130,7 +130,8 @@ def heatmaps(records, outdir: str) -> list[str]:
                 if diverged and values:
                     text[i][j] += f'\n({diverged} div.)'
         fig, ax = plt.subplots(figsize=(1.6 * len(ds) + 2, 1.1 * len(gs) + 1.5))
-        image = ax.imshow(grid_values, cmap=cmap)
+        limits = {'vmin': 0.0, 'vmax': 1.0} if metric == 'diverged' else {}
+        image = ax.imshow(grid_values, cmap=cmap, **limits)
         fig.colorbar(image, ax=ax)
         ax.set_xticks(range(len(ds)), [NAMES[d] for d in ds])
         ax.set_yticks(range(len(gs)), [NAMES[g] for g in gs])
@@ -139,7 +140,10 @@ def heatmaps(records, outdir: str) -> list[str]:
         ax.set_title(title, fontsize=9)
         for i in range(len(gs)):
             for j in range(len(ds)):
-                ax.text(j, i, text[i][j], ha='center', va='center', fontsize=8, color='w')
+                value = grid_values[i][j]
+                r, g, b, _ = image.cmap(image.norm(value)) if math.isfinite(value) else (1, 1, 1, 1)
+                color = 'k' if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else 'w'
+                ax.text(j, i, text[i][j], ha='center', va='center', fontsize=8, color=color)
         fig.tight_layout()
         name = 'heatmap_diverged' if metric == 'diverged' else f'heatmap_{metric.split("/")[1]}'
         path = os.path.join(outdir, f'{name}.png')

@@ -4,7 +4,8 @@ The same network as ``normlab.models.create('resnet20', ...)`` with BatchNorm: a
 stem conv with 16 filters, three stages of three basic blocks (16, 32, 64 filters),
 parameter-free zero-padded identity shortcuts ("option A", He et al. 2016), global
 average pooling and a linear head: 269,722 parameters. It trains with SGD + momentum
-in channels-last memory format, the fast layout of PyTorch's CPU (oneDNN) kernels.
+in channels-last memory format, the fast layout of PyTorch's CPU (oneDNN) kernels, with
+the optimizer of ``configs/cifar10_resnet20.py``.
 
     python -m scripts.torch_resnet20 --batch_size=128 --steps=20
 """
@@ -58,8 +59,9 @@ class ResNet20(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
-def make_train_step(model: nn.Module, lr: float = 0.1, momentum: float = 0.9):
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=True)
+def make_train_step(model: nn.Module, lr: float = 0.1, momentum: float = 0.9, wd: float = 1e-4):
+    # configs/cifar10_resnet20.py: SGD, momentum 0.9 (not Nesterov), weight decay 1e-4.
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=wd)
 
     def step(images, labels):
         opt.zero_grad(set_to_none=True)

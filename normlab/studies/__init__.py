@@ -11,6 +11,7 @@ Modules, in the order a sweep uses them:
 * `results`: records read back from work dirs or W&B, results.csv, the table over seeds.
 * `report`, `plots`, `outputs`: report.md, PNGs, and the files a study writes.
 * `wandb_runs`, `wandb_sweep`: the W&B summary run, reading runs, emitting a W&B sweep.
+* `workflows`: sweep and compare end to end (what ``normlab.sweep`` / ``normlab.compare`` call).
 """
 
 from normlab.studies import grid

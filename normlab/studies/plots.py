@@ -89,7 +89,8 @@ def _figure(table: Table, metric: str | None, path: str) -> None:
     ax.minorticks_off()
     ax.set_xlabel(short_keys(table.keys)[report.x])
     ax.set_ylabel(report_lib.label(shown_metric) if metric else 'value (%)' if scale > 1 else '')
-    if metric and report_lib.is_fraction(metric) and _spans_decades(table, metric):
+    shown = [metric] if metric else table.metrics
+    if all(map(report_lib.is_fraction, shown)) and _spans_decades(table, shown):
         ax.set_yscale('log')  # a 50% collapse and 2% vs 3% differences on one plot
         ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f'{v:g}'))
@@ -105,9 +106,9 @@ def _figure(table: Table, metric: str | None, path: str) -> None:
     plt.close(fig)
 
 
-def _spans_decades(table: Table, metric: str) -> bool:
+def _spans_decades(table: Table, metrics: Sequence[str]) -> bool:
     """Whether errors range over >10x: then a log y axis keeps the small ones readable."""
-    means = [c[metric].mean for c in table.cells if c[metric].n and c[metric].mean > 0]
+    means = [c[m].mean for c in table.cells for m in metrics if c[m].n and c[m].mean > 0]
     return len(means) > 1 and math.log10(max(means) / min(means)) > 1.0
 
 

@@ -205,13 +205,15 @@ def validate(study: Study) -> None:
         runs = study.runs()
     except ValueError as e:
         raise StudyError(f'study {study.name!r}: {e}') from e
+    grid_keys = {k for p in study.grid for k in p}
+    derived = {k for r in runs for k in r.overrides} - grid_keys - set(study.fixed)
     for where, keys in (
-        ('the grid', {k for p in study.grid for k in p}),
-        ('derive()', {k for r in runs for k in r.overrides} - {k for p in study.grid for k in p}),
+        ('the grid', grid_keys),
+        ('derive()', derived - {'seed', 'study'}),
         ('fixed', set(study.fixed)),
     ):
         for key in sorted(keys):
-            if key in ('seed', 'study') and where != 'derive()':
+            if key in ('seed', 'study'):
                 raise StudyError(
                     f'study {study.name!r}: {key!r} in {where}; the study sets it '
                     '(use seeds= for seeds)'
@@ -224,7 +226,6 @@ def validate(study: Study) -> None:
                     f'study {study.name!r}: {key}=None in run {run.name}; None cannot be '
                     'passed as a --config flag (use an explicit value)'
                 )
-    grid_keys = {k for p in study.grid for k in p}
     if study.report.x is not None and study.report.x not in grid_keys:
         raise StudyError(
             f'study {study.name!r}: report.x={study.report.x!r} is not a grid key '

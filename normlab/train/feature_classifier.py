@@ -51,6 +51,7 @@ from jax.sharding import Mesh
 
 from normlab import data, models, norms, parallel
 from normlab.train.gan_images import ImageSpace
+from normlab.train.init_compile import run_init
 from normlab.train.steps import TrainState, make_eval_step, make_train_step
 
 CACHE_ENV = 'NORMLAB_CACHE_DIR'
@@ -194,7 +195,7 @@ def load_or_train(
     init = _initializer(model, recipe, (space.size, space.size, space.channels))
     with _file_lock(path + '.lock'):
         if not os.path.exists(os.path.join(path, 'info.json')):
-            _train_and_save(dataset, space, recipe, model, init(), path, data_dir)
+            _train_and_save(dataset, space, recipe, model, run_init(init), path, data_dir)
     with open(os.path.join(path, 'variables.msgpack'), 'rb') as f:
         # Only the tree structure is needed to restore: no init to compile.
         variables = serialization.from_bytes(jax.eval_shape(init), f.read())
@@ -213,9 +214,9 @@ def load_or_train(
 
 
 def _initializer(model: nn.Module, recipe: Recipe, image_shape):
-    """``init() -> variables``, jitted."""
+    """``init() -> variables``."""
     dummy = jnp.zeros((2, *image_shape), jnp.float32)
-    return jax.jit(lambda: model.init(jax.random.key(recipe.seed), dummy, train=False))
+    return lambda: model.init(jax.random.key(recipe.seed), dummy, train=False)
 
 
 def _rotate(images: np.ndarray, k: np.ndarray) -> np.ndarray:

@@ -51,6 +51,7 @@ from normlab.train.gan_eval import GANEvaluator
 from normlab.train.gan_images import ImageSpace, save_png
 from normlab.train.gan_losses import get_loss
 from normlab.train.gan_steps import GANState, StepOptions, make_train_step
+from normlab.train.init_compile import run_init
 from normlab.train.progress import Progress
 from normlab.train.steps import TrainState
 
@@ -111,10 +112,15 @@ def step_options(config) -> StepOptions:
         d_steps=config.discriminator.steps,
         r1_weight=float(config.discriminator.r1_weight),
         ema_decay=config.generator.ema_decay,
-        d_loss_floor=config.divergence.d_loss_floor,
         seed=config.seed,
         space=image_space(config),
     )
+
+
+def collapse_floor(config) -> float:
+    """The discriminator loss below which a step counts towards collapse (-inf: never)."""
+    floor = config.divergence.d_loss_floor
+    return float('-inf') if floor is None else float(floor)
 
 
 def _init_variables(config, generator, discriminator):
@@ -145,7 +151,6 @@ def validate(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 def init_state(config, generator, discriminator, g_tx, d_tx, mesh) -> GANState:
-    @jax.jit
     def init():
         g_vars, d_vars = _init_variables(config, generator, discriminator)
 
@@ -168,7 +173,7 @@ def init_state(config, generator, discriminator, g_tx, d_tx, mesh) -> GANState:
             collapsed_steps=jnp.zeros((), jnp.int32),
         )
 
-    return jax.device_put(init(), parallel.replicated(mesh))
+    return jax.device_put(run_init(init), parallel.replicated(mesh))
 
 
 def run_tags(config) -> list[str]:
@@ -205,7 +210,8 @@ def _real_batches(config, start_step: int, data_kwargs: dict):
 
 
 def _is_finite(tree) -> bool:
-    return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree))
+    # On the host: eager jnp ops would compile one tiny program per leaf shape.
+    return all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(tree)))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -264,6 +270,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
 
     train_step = make_train_step(generator, discriminator, g_tx, d_tx, mesh, step_options(config))
+    d_loss_floor = collapse_floor(config)
     evaluator = GANEvaluator(config, generator, mesh, classifier, data_kwargs)
     batches = _real_batches(config, start_step, data_kwargs)
     progress = Progress(
@@ -282,6 +289,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             return
         rows = jax.device_get(pending)
         pending.clear()
+        window = {
+            k: float(np.mean([m[k] for _, m in rows]))
+            for k in rows[-1][1]
+            if k.startswith('train/')
+        }
+        last_train = window
+        # Logged before the checks: the curves show what the divergence looked like.
+        if is_chief:
+            files.log_metrics(step, window)
+            wandb_run.log(window, step)
+        progress.update(step, window['train/d_loss'])
         for s, m in rows:
             for key in ('train/d_loss', 'train/g_loss'):
                 if not np.isfinite(m[key]):
@@ -292,16 +310,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     f'{patience} consecutive steps (until step {s})',
                     s,
                 )
-        window = {
-            k: float(np.mean([m[k] for _, m in rows]))
-            for k in rows[-1][1]
-            if k.startswith('train/')
-        }
-        last_train = window
-        if is_chief:
-            files.log_metrics(step, window)
-            wandb_run.log(window, step)
-        progress.update(step, window['train/d_loss'])
 
     last_eval: tuple[int, dict] = (-1, {})
 
@@ -325,7 +333,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     try:
         for step in range(start_step + 1, total_steps + 1):
             batch = parallel.global_batch(mesh, next(batches))
-            state, metrics = train_step(state, batch)
+            state, metrics = train_step(state, batch, d_loss_floor)
             pending.append((step, metrics))
             if step == start_step + 1:
                 jax.block_until_ready(state)
@@ -349,7 +357,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         ckpt.save(total_steps, state)
     ckpt.close()
 
-    final_step = total_steps if status == 'finished' else diverged_at
+    final_step = total_steps if status == 'finished' else step  # the state's step
     finite = _is_finite(state.eval_generator_variables()['params'])
     results = evaluate(final_step) if finite else {}
     summary = {

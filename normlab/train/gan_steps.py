@@ -77,8 +77,6 @@ class StepOptions:
       d_steps: discriminator updates per generator update.
       r1_weight: R1 penalty gamma (0: off).
       ema_decay: generator EMA decay (None: off).
-      d_loss_floor: a step with a lower discriminator loss counts towards collapse
-        (None: never).
       seed: the run seed, for the noise.
       space: maps pipeline images to the generator's [-1, 1] space.
     """
@@ -89,7 +87,6 @@ class StepOptions:
     d_steps: int
     r1_weight: float
     ema_decay: float | None
-    d_loss_floor: float | None
     seed: int
     space: ImageSpace
 
@@ -127,11 +124,14 @@ def make_train_step(
     mesh: Mesh,
     options: StepOptions,
 ):
-    """Returns ``train_step(state, batch) -> (state, metrics)``, jitted, donating state.
+    """Returns ``train_step(state, batch, d_loss_floor) -> (state, metrics)``, jitted,
+    donating state.
 
     ``batch['image']`` is ``(global_batch, d_steps, H, W, C)`` normalized pipeline
     images (one real batch per discriminator update, stacked on axis 1) and
-    ``batch['label']`` ``(global_batch, d_steps)`` when conditional.
+    ``batch['label']`` ``(global_batch, d_steps)`` when conditional. A step whose
+    discriminator loss is below ``d_loss_floor`` (a scalar argument, so changing it
+    never recompiles; -inf disables) counts towards collapse.
     """
     o = options
     loss = o.loss
@@ -141,7 +141,7 @@ def make_train_step(
     def labels_or_none(y):
         return y if conditional else None
 
-    def step(state: GANState, batch, z, fake_labels):
+    def step(state: GANState, batch, z, fake_labels, d_loss_floor):
         local = z.shape[0]
         count = float(local * num_devices)  # examples per batch, all devices
         images = jnp.moveaxis(batch['image'], 1, 0)
@@ -240,10 +240,8 @@ def make_train_step(
         if o.ema_decay is not None:
             decay = ema_decay_at(o.ema_decay, state.step)
             ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, g_params)
-        collapsed = state.collapsed_steps
-        if o.d_loss_floor is not None:
-            below = d_metrics['train/d_loss'] < o.d_loss_floor
-            collapsed = jnp.where(below, collapsed + 1, 0)
+        below = d_metrics['train/d_loss'] < d_loss_floor
+        collapsed = jnp.where(below, state.collapsed_steps + 1, 0)
         metrics = {
             **d_metrics,
             'train/g_loss': lax.psum(g_loss_sum, DATA_AXIS) / count,
@@ -262,12 +260,12 @@ def make_train_step(
     sharded = jax.shard_map(
         step,
         mesh=mesh,
-        in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P(DATA_AXIS)),
+        in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P(DATA_AXIS), P()),
         out_specs=(P(), P()),
     )
     batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
 
-    def train_step(state: GANState, batch):
+    def train_step(state: GANState, batch, d_loss_floor):
         z, fake_labels = noise(
             o.seed,
             TRAIN_NOISE,
@@ -278,6 +276,6 @@ def make_train_step(
         )
         z = lax.with_sharding_constraint(z, batch_sharding)
         fake_labels = lax.with_sharding_constraint(fake_labels, batch_sharding)
-        return sharded(state, batch, z, fake_labels)
+        return sharded(state, batch, z, fake_labels, jnp.asarray(d_loss_floor, jnp.float32))
 
     return jax.jit(train_step, donate_argnums=0)

@@ -1,0 +1,229 @@
+"""Benchmark 2: train-step throughput, normlab (JAX) against a PyTorch CPU ResNet-20.
+
+Each contender is one training step on a fixed random batch (throughput does not
+depend on the pixel values): normlab's own train step (`normlab.train.steps.
+make_train_step` under `shard_map` on one device, the optimizer of the config from
+`normlab.train.optim`, the model from `normlab.train.classifier.build_model`) and the
+PyTorch reference in `scripts/torch_resnet20.py` (channels-last, SGD with momentum,
+the same batch size). All steps alternate in one process; compile time is measured
+apart, from a cold cache (the persistent compilation cache is off here).
+
+* ``resnet20``: `configs/cifar10_resnet20.py` at batch 128 on 32x32x3 inputs, with
+  batch_norm, group_norm (16 groups, the config's) and layer_norm, each compiled
+  with XLA:CPU's default options and with ``NO_YNN_CONV`` (see `XLA_VARIANTS`);
+* ``digits_cnn``: `configs/digits_cnn.py` (batch 32, 8x8x1), 20 steps per timing;
+* ``attempts`` (not with ``--quick``): ResNet-20 with BatchNorm under the other
+  XLA:CPU options and precisions that were tried, for BENCHMARKS.md.
+
+    python -m scripts.bench.training [--quick] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from scripts.bench import common
+
+# XLA:CPU compiles convolutions through YNNPACK by default in jaxlib 0.10; without it
+# they go to Eigen. `--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`
+# in XLA_FLAGS is the same setting for a whole process.
+NO_YNN_CONV = {
+    'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_REDUCE,'
+    'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'
+}
+XLA_VARIANTS = {'default': {}, 'no_ynn_conv': NO_YNN_CONV}
+# Tried on ResNet-20 + BatchNorm (model options, XLA options).
+ATTEMPTS = {
+    'default': ({}, {}),
+    'no_ynn_conv': ({}, NO_YNN_CONV),
+    'ynn_off': ({}, {'xla_cpu_experimental_ynn_fusion_type': ''}),
+    'no_ynn_conv+fast_math': ({}, {**NO_YNN_CONV, 'xla_cpu_enable_fast_math': True}),
+    'no_ynn_conv+bfloat16': ({'dtype': 'bfloat16'}, NO_YNN_CONV),
+    'no_ynn_conv+no_fusion_emitters': ({}, {**NO_YNN_CONV, 'xla_cpu_use_fusion_emitters': False}),
+}
+
+
+class JaxStep:
+    """A compiled normlab train step on a fixed batch; calling it runs `inner` steps."""
+
+    def __init__(self, config_module, arg: str, image_shape, *, xla=None, inner=1, **overrides):
+        from normlab import parallel
+        from normlab.train import classifier, optim
+        from normlab.train.steps import make_train_step
+
+        config = config_module.get_config(arg)
+        for key, value in overrides.items():  # dotted keys: norm__virtual_batch_size
+            *path, leaf = key.split('__')
+            node = config
+            for part in path:
+                node = getattr(node, part)
+            setattr(node, leaf, value)
+        model = classifier.build_model(config, 10)
+        mesh = parallel.data_mesh()
+        lr = optim.schedule(config, 1000, 100)
+        tx = optim.make_optimizer(config, lr)
+        self.state = classifier.init_state(config, model, tx, mesh, image_shape)
+        step = make_train_step(model, tx, mesh, lr)
+        rng = np.random.default_rng(0)
+        b = config.batch_size
+        batch = {
+            'image': rng.normal(size=(b, *image_shape)).astype(np.float32),
+            'label': rng.integers(0, 10, b).astype(np.int32),
+            'mask': np.ones(b, np.float32),
+        }
+        self.batch = parallel.global_batch(mesh, batch)
+        self.batch_size = b
+        self.inner = inner
+        self.params = optim.count_params(self.state.params)
+        t0 = time.perf_counter()
+        self.compiled = step.lower(self.state, self.batch).compile(compiler_options=xla or {})
+        self.compile_s = time.perf_counter() - t0
+
+    def __call__(self):
+        for _ in range(self.inner):
+            self.state, metrics = self.compiled(self.state, self.batch)
+        jax.block_until_ready(self.state)
+        return metrics
+
+
+class TorchStep:
+    def __init__(self, batch_size: int):
+        import torch
+
+        from scripts import torch_resnet20
+
+        self.torch = torch
+        model, self.step, self.images, self.labels = torch_resnet20.setup(batch_size)
+        self.batch_size = batch_size
+        self.inner = 1
+        self.params = torch_resnet20.num_params(model)
+        self.threads = torch.get_num_threads()
+        t0 = time.perf_counter()
+        self()
+        self.first_step_s = time.perf_counter() - t0
+
+    def __call__(self):
+        return self.step(self.images, self.labels)
+
+
+def _rows(samples, contenders, baseline: str | None, extra: dict) -> list[dict]:
+    rows = []
+    for name, c in contenders.items():
+        s = samples[name].summary()
+        examples = c.batch_size * c.inner
+        row = {
+            'name': name,
+            **extra.get(name, {}),
+            'batch_size': c.batch_size,
+            'params': c.params,
+            'step_s': s['wall_s'] / c.inner,
+            'cpu_s_per_step': s['cpu_s'] / c.inner,
+            'examples_per_s': examples / s['wall_s'],
+            'examples_per_cpu_s': examples / s['cpu_s'],
+            'rounds': s['rounds'],
+            'wall_iqr_s': s['wall_iqr_s'],
+        }
+        if isinstance(c, JaxStep):
+            row['compile_s'] = c.compile_s
+        else:
+            row['first_step_s'] = c.first_step_s
+            row['torch_threads'] = c.threads
+        if baseline and name != baseline:
+            # > 1: faster than the baseline (throughput ratio from per-round times).
+            row[f'speed_vs_{baseline}'] = 1.0 / common.paired_ratio(samples, name, baseline)
+            row[f'cpu_speed_vs_{baseline}'] = 1.0 / common.paired_ratio(
+                samples, name, baseline, 'cpu'
+            )
+        rows.append(row)
+        print(
+            f'  {name:34s} {row["examples_per_s"]:7.1f} ex/s  '
+            f'({1e3 * row["step_s"]:7.1f} ms/step, cpu {1e3 * row["cpu_s_per_step"]:7.1f} ms)  '
+            + (f'compile {row["compile_s"]:.1f} s  ' if 'compile_s' in row else '')
+            + (
+                f'vs {baseline} x{row[f"speed_vs_{baseline}"]:.2f}'
+                if f'speed_vs_{baseline}' in row
+                else ''
+            ),
+            flush=True,
+        )
+    return rows
+
+
+def resnet20(args) -> list[dict]:
+    from configs import cifar10_resnet20
+
+    norms = ['batch_norm'] if args.quick else ['batch_norm', 'group_norm', 'layer_norm']
+    contenders, extra = {}, {}
+    for norm in norms:
+        for variant, xla in XLA_VARIANTS.items():
+            name = f'jax {norm} [{variant}]'
+            contenders[name] = JaxStep(
+                cifar10_resnet20, f'norm={norm},batch_size=128', (32, 32, 3), xla=xla
+            )
+            extra[name] = {'framework': 'jax', 'norm': norm, 'xla': variant}
+            print(f'  compiled {name} in {contenders[name].compile_s:.1f} s', flush=True)
+    contenders['torch batch_norm'] = TorchStep(128)
+    extra['torch batch_norm'] = {'framework': 'torch', 'norm': 'batch_norm'}
+    rounds = 3 if args.quick else args.rounds
+    samples = common.alternate(contenders, rounds=rounds, budget_s=args.budget_s, warmup=1)
+    return _rows(samples, contenders, 'torch batch_norm', extra)
+
+
+def digits_cnn(args) -> list[dict]:
+    from configs import digits_cnn as config
+
+    norms = ['batch_norm'] if args.quick else ['batch_norm', 'group_norm', 'layer_norm']
+    contenders, extra = {}, {}
+    for norm in norms:
+        name = f'jax {norm}'
+        contenders[name] = JaxStep(config, f'norm={norm}', (8, 8, 1), inner=20)
+        extra[name] = {'framework': 'jax', 'norm': norm, 'xla': 'default'}
+    rounds = 3 if args.quick else args.rounds
+    samples = common.alternate(contenders, rounds=rounds, budget_s=args.budget_s / 4)
+    return _rows(samples, contenders, None, extra)
+
+
+def attempts(args) -> list[dict]:
+    from configs import cifar10_resnet20
+
+    contenders, extra = {}, {}
+    for name, (model_overrides, xla) in ATTEMPTS.items():
+        contenders[name] = JaxStep(
+            cifar10_resnet20, 'batch_size=128', (32, 32, 3), xla=xla, **model_overrides
+        )
+        extra[name] = {'framework': 'jax', 'norm': 'batch_norm', 'xla': xla, **model_overrides}
+        print(f'  compiled {name} in {contenders[name].compile_s:.1f} s', flush=True)
+    samples = common.alternate(contenders, rounds=args.rounds, budget_s=args.budget_s)
+    return _rows(samples, contenders, 'default', extra)
+
+
+def run(args) -> dict:
+    out = {'benchmark': 'training', 'description': __doc__.splitlines()[0]}
+    for part in ('resnet20', 'digits_cnn', 'attempts'):
+        if args.parts and part not in args.parts.split(','):
+            continue
+        if part == 'attempts' and args.quick:
+            continue
+        print(f'{part}:', flush=True)
+        out[part] = {'load_before': common.load()}
+        out[part]['rows'] = globals()[part](args)
+        out[part]['load_after'] = common.load()
+    return out
+
+
+def add_args(parser) -> None:
+    parser.add_argument('--parts', default='', help='resnet20,digits_cnn,attempts (default all)')
+    parser.add_argument('--rounds', type=int, default=8)
+    parser.add_argument('--budget_s', type=float, default=240.0, help='time per part')
+
+
+main = functools.partial(common.main, run, add_args, __doc__)
+
+if __name__ == '__main__':
+    jnp.zeros(())  # start the backend before torch spins up its threads
+    main()
