@@ -2,8 +2,12 @@
 
     python -m normlab.main --config=configs/digits_dcgan.py --workdir=runs/digits_dcgan
 
-About 3 minutes on a 2-core laptop CPU (plus ~40 s once to train and cache the feature
-classifier); the samples in ``samples.png`` are recognisable digits. The digits are
+3,000 generator steps of 32, 3-4.5 minutes on the shared 2-core development CPU (plus
+~50 s the first time, to train and cache the feature classifier). Measured (seed 0):
+Frechet distance 2.9 (the real test/train floor is 0.26), label entropy 2.297 nats of
+a possible 2.303, classifier accuracy 100% on the 360 test digits; ``samples.png``
+shows recognisable digits. With ``conditional=True``: distance 0.76, every sample
+classified as its conditioning digit (``eval/class_consistency`` 1.0). The digits are
 upsampled to 16x16 (bilinear) because at 8x8 the DCGAN discriminator has a single
 conv layer and no norm at all (its first layer is never normalized), which would make
 a discriminator-norm study empty; at 16x16 each network has norm layers to vary.

@@ -95,7 +95,8 @@ def _mean(values):
 
 
 def heatmaps(records, outdir: str) -> list[str]:
-    """G norm x D norm heat maps of the mean distance, entropy and diverged fraction."""
+    """G norm x D norm heat maps of the mean distance, entropy and diverged fraction;
+    returns their file names in `outdir`."""
     import matplotlib
 
     matplotlib.use('Agg')
@@ -146,10 +147,9 @@ def heatmaps(records, outdir: str) -> list[str]:
                 ax.text(j, i, text[i][j], ha='center', va='center', fontsize=8, color=color)
         fig.tight_layout()
         name = 'heatmap_diverged' if metric == 'diverged' else f'heatmap_{metric.split("/")[1]}'
-        path = os.path.join(outdir, f'{name}.png')
-        fig.savefig(path, dpi=120)
+        fig.savefig(os.path.join(outdir, f'{name}.png'), dpi=120)
         plt.close(fig)
-        paths.append(path)
+        paths.append(f'{name}.png')  # relative to outdir, like the sweep's own plots
     return paths
 
 

@@ -248,6 +248,12 @@ def test_a_collapsed_discriminator_is_reported_not_hidden(cache_dir, tmp_path):
         ({'image_size': 6}, 'DCGAN needs an even image size of at least 8'),
         ({'batch_size': 6}, 'not divisible by the 4 devices'),
         ({'divergence.patience_steps': None}, 'set both'),
+        # Found by tracing the train step on the 4-device mesh, still before compiling.
+        ({'generator.norm.virtual_batch_size': 3}, 'does not divide the local batch of 4'),
+        (
+            {'discriminator.norm.name': 'group_norm', 'discriminator.norm.num_groups': 3},
+            'GroupNorm(num_groups=3) does not divide the 16 channels',
+        ),
     ],
 )
 def test_bad_configs_fail_in_one_line_before_compiling(cache_dir, tmp_path, overrides, message):

@@ -106,29 +106,35 @@ def test_tiny_sweep_writes_runs_results_report_and_plots(swept):
     assert os.path.isdir(os.path.join(workdir, 'wandb'))  # the offline summary run
 
 
-def test_rerun_skips_finished_and_resumes_interrupted(swept, tmp_path):
-    study, workdir, _ = swept
+def test_rerun_skips_finished_resumes_interrupted_and_reports_failures(swept, tmp_path):
+    _, workdir, _ = swept
     copy = str(tmp_path / 'runs')
     shutil.copytree(workdir, copy)
     before = {r['run']: r for r in read_results(copy)}
     interrupted = 'norm=none,batch_size=4,seed=0'
     # Killed after its last checkpoint, before writing its summary.
     os.remove(os.path.join(copy, interrupted, 'summary.json'))
+    # The same study plus a point the trainer refuses (3 does not divide the batch of 4).
+    failing = "{'norm.name': 'batch_norm', 'batch_size': 4, 'norm.virtual_batch_size': 3}"
+    study = write_study(str(tmp_path), f'grid.union({TINY_GRID}, ({failing},))', 'plus.py')
 
     printed = []
-    assert workflows.run_sweep(study, copy, log_wandb=False, echo=printed.append) == 0
-    assert '3 already done, 1 to run' in printed[0]
-    assert [line.split(': ')[0] for line in printed if line.startswith('[')] == [
-        f'[1/1] {interrupted}'
-    ]
+    assert workflows.run_sweep(study, copy, log_wandb=False, echo=printed.append) == 1
+    assert '3 already done, 2 to run' in printed[0]
+    bad = 'norm=batch_norm,batch_size=4,virtual_batch_size=3,seed=0'
+    assert sorted(line.split(': ')[0][6:] for line in printed if line.startswith('[')) == sorted(
+        [interrupted, bad]
+    )
+    assert any('1 of 5 runs failed' in line for line in printed)
     assert 'resumed from the checkpoint' in open(os.path.join(copy, interrupted, 'log.txt')).read()
     after = {r['run']: r for r in read_results(copy)}
-    assert all(r['status'] == 'finished' for r in after.values())
-    # The resumed run ends with the uninterrupted run's numbers; the others are untouched.
-    assert after[interrupted]['eval/error'] == before[interrupted]['eval/error']
+    assert after[bad]['status'] == 'failed' and 'virtual_batch_size=3' in after[bad]['message']
+    assert bad in open(os.path.join(copy, 'report.md')).read()
     for name, row in before.items():
-        if name != interrupted:
-            assert after[name] == row
+        assert after[name]['status'] == 'finished'
+        # Resuming ends with the uninterrupted run's numbers; skipped runs are untouched.
+        assert after[name]['eval/error'] == row['eval/error']
+        assert name == interrupted or after[name]['wall_s'] == row['wall_s']
 
 
 def test_compare_reproduces_the_sweep_table(swept, tmp_path):
@@ -165,6 +171,9 @@ def test_emitted_wandb_sweep_parses_and_names_real_config_keys(swept, tmp_path):
     flags = create_sweep_command_args({'args': params})['args']
     config, _ = parse([f'--config={study.config_flag}', '--workdir=/tmp/x', *flags])
     assert (config.norm.name, config.batch_size, config.study) == ('none', 8, 'tiny')
+    # W&B grids are products: a value derived per point cannot be written, and says so.
+    with pytest.raises(StudyError, match="'precise_bn_batches' is derived"):
+        wandb_sweep.sweep_definition(load_study('experiments/eval_stats.py'), 'runs/x', 'p', None)
 
 
 def test_bad_study_files_fail_with_one_clear_line(tmp_path):

@@ -9,7 +9,8 @@ The sweep is ``method: grid`` over one parameter per grid key plus ``config.seed
 each named ``config.KEY``: an agent passes parameters as ``--NAME=VALUE``, so the
 run's command line is ``python -m normlab.main --config=... --workdir=...
 --config.norm.name=group_norm --config.batch_size=16 ...``, exactly a sweep run's.
-Derived and fixed overrides are constants of the sweep. Every agent run writes to
+Derived and fixed overrides are constants of the sweep, the study's environment
+(``XLA_FLAGS`` for simulated devices) prefixes the command. Every agent run writes to
 ``<workdir>/wandb_sweep/$WANDB_RUN_ID`` (the agent sets the variable; a shell
 expands it, since W&B's own ``${envvar:...}`` is filled in before the id is set),
 and logs to the study's W&B group, so ``normlab.compare --wandb_group`` reads
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shlex
 from collections.abc import Sequence
 
 import yaml
@@ -82,10 +84,11 @@ def sweep_definition(study: Study, workdir: str, project: str, entity: str | Non
     parameters['config.seed'] = {'values': list(study.seeds)}
     for key, value in constants(study).items():
         parameters[f'config.{key}'] = {'value': value}
-    run_dir = os.path.join(workdir, 'wandb_sweep')
+    run_dir = shlex.quote(os.path.join(workdir, 'wandb_sweep'))
+    env = ''.join(f'{k}={shlex.quote(v)} ' for k, v in study.env.items())
     launcher = (
-        f'exec "$0" -m normlab.main --config={study.config_flag} '
-        f'--workdir="{run_dir}/$WANDB_RUN_ID" "$@"'
+        f'exec env {env}"$0" -m normlab.main {shlex.quote(f"--config={study.config_flag}")} '
+        f'--workdir={run_dir}/"$WANDB_RUN_ID" "$@"'
     )
     out = {
         'name': study.name,

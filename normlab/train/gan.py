@@ -25,12 +25,13 @@ checkpoints, W&B and files. A config with a ``generator`` key comes here
 A run writes ``config.json``, ``metrics.jsonl``, ``summary.json``, ``samples/``,
 ``checkpoints/`` and its W&B files into `workdir`; calling it again on the same
 `workdir` resumes from the newest checkpoint and ends with the same state and
-numbers as an uninterrupted run (the data, the noise and the collapse counter are all
-functions of the step).
+numbers as an uninterrupted run (data and noise are functions of the step; the
+collapse counter and the EMA weights are part of the checkpointed state).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 
@@ -135,44 +136,64 @@ def _init_variables(config, generator, discriminator):
     return g_vars, d_vars
 
 
+def initial_state(config, generator, discriminator, g_tx, d_tx) -> GANState:
+    """The state before the first step (a pure function of the config: jit or trace it)."""
+    g_vars, d_vars = _init_variables(config, generator, discriminator)
+
+    def train_state(variables, tx):
+        variables = dict(variables)
+        params = variables.pop('params')
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            model_state=variables,
+        )
+
+    g_state = train_state(g_vars, g_tx)
+    return GANState(
+        step=jnp.zeros((), jnp.int32),
+        generator=g_state,
+        discriminator=train_state(d_vars, d_tx),
+        ema_params=g_state.params if config.generator.ema_decay is not None else None,
+        collapsed_steps=jnp.zeros((), jnp.int32),
+    )
+
+
 def validate(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Every check that can fail before compiling (raises ConfigError)."""
+    """Every check that can fail before compiling (raises ConfigError).
+
+    Besides the config checks, this *traces* (does not compile) the init and the
+    train step on the real mesh, so any error the norms or models raise for the
+    chosen sizes (groups that do not divide the channels, a virtual batch size that
+    does not fit the per-device batch, an image side the DCGAN stage plan cannot
+    reach) becomes one line here instead of a traceback after minutes of setup.
+    """
     gan_config_checks.check_gan_config(config, jax.device_count())
     config_checks.check_workdir(workdir)
     gan_config_checks.check_gan_resume(config, workdir)
     try:
-        generator, discriminator = build_networks(config)
-        # Tracing init (no compile) surfaces shape errors: image sizes the DCGAN
-        # stage plan cannot reach, groups that do not divide the channels.
-        jax.eval_shape(lambda: _init_variables(config, generator, discriminator))
         data.prepared_builder(config.dataset, data_dir=config.data_dir)
+        generator, discriminator = build_networks(config)
+        g_tx, d_tx = build_optimizers(config)
+        state = jax.eval_shape(lambda: initial_state(config, generator, discriminator, g_tx, d_tx))
+        mesh = parallel.data_mesh()
+        step = make_train_step(generator, discriminator, g_tx, d_tx, mesh, step_options(config))
+        native = data.get_spec(config.dataset).image_shape
+        batch = {'image': (config.batch_size, config.discriminator.steps, *native)}
+        if config.conditional:
+            batch['label'] = (config.batch_size, config.discriminator.steps)
+        abstract_batch = {
+            k: jax.ShapeDtypeStruct(shape, jnp.float32 if k == 'image' else jnp.int32)
+            for k, shape in batch.items()
+        }
+        jax.eval_shape(step, state, abstract_batch, 0.0)
     except (ValueError, TypeError, data.DatasetNotPreparedError) as e:
-        raise config_checks.ConfigError(str(e).splitlines()[0]) from e
+        raise config_checks.ConfigError(str(e).strip().splitlines()[0]) from e
 
 
 def init_state(config, generator, discriminator, g_tx, d_tx, mesh) -> GANState:
-    def init():
-        g_vars, d_vars = _init_variables(config, generator, discriminator)
-
-        def train_state(variables, tx):
-            variables = dict(variables)
-            params = variables.pop('params')
-            return TrainState(
-                step=jnp.zeros((), jnp.int32),
-                params=params,
-                opt_state=tx.init(params),
-                model_state=variables,
-            )
-
-        g_state = train_state(g_vars, g_tx)
-        return GANState(
-            step=jnp.zeros((), jnp.int32),
-            generator=g_state,
-            discriminator=train_state(d_vars, d_tx),
-            ema_params=g_state.params if config.generator.ema_decay is not None else None,
-            collapsed_steps=jnp.zeros((), jnp.int32),
-        )
-
+    init = functools.partial(initial_state, config, generator, discriminator, g_tx, d_tx)
     return jax.device_put(run_init(init), parallel.replicated(mesh))
 
 

@@ -80,8 +80,10 @@ def check_gan_config(config: ml_collections.ConfigDict, num_devices: int) -> Non
         _positive(f'discriminator.{key}', d[key])
     for key in ('batch_size', 'num_train_steps', 'log_every_steps', 'checkpoint_every_steps'):
         _positive(key, config[key])
-    for key in ('num_samples', 'num_real', 'grid_rows'):
-        _positive(f'eval.{key}', config.eval[key])
+    _positive('eval.grid_rows', config.eval.grid_rows)
+    for key in ('num_samples', 'num_real'):
+        if config.eval[key] is None or config.eval[key] < 2:
+            raise ConfigError(f'eval.{key}={config.eval[key]} must be >= 2 (a covariance needs 2)')
     if config.eval_every_steps is not None:
         _positive('eval_every_steps', config.eval_every_steps)
     if d.r1_weight < 0:

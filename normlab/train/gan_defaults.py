@@ -74,8 +74,9 @@ def divergence_config() -> ml_collections.ConfigDict:
 
     Non-finite losses always do. A *collapsed* discriminator is one whose loss stays
     below ``d_loss_floor`` for ``patience_steps`` consecutive steps: it separates real
-    from generated examples (almost) perfectly and the game has stopped (Kurach et al.
-    2019 count such runs as failures). None disables that check.
+    from generated examples (almost) perfectly, and against a near-perfect
+    discriminator the generator's gradients vanish or become unstable (Arjovsky &
+    Bottou 2017). Both None disables that check.
     """
     return ml_collections.ConfigDict(
         {
