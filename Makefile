@@ -19,7 +19,7 @@ test: lint
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(PY) -m normlab.sweep --config=experiments/batch_size.py --workdir=runs/batch_size
+	$(PY) -m normlab.sweep --config=experiments/batch_size.py --workdir=runs/batch_size --parallel=2
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,bench]'

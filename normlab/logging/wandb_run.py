@@ -67,8 +67,8 @@ class WandbRun:
         if os.path.exists(id_path):
             with open(id_path) as f:
                 run_id = f.read().strip()
-        else:
-            run_id = secrets.token_hex(4)
+        else:  # `wandb agent` names the run it expects in WANDB_RUN_ID
+            run_id = os.environ.get('WANDB_RUN_ID') or secrets.token_hex(4)
         kwargs = dict(
             project=config.wandb.project,
             entity=config.wandb.entity,

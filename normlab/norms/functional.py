@@ -174,8 +174,8 @@ def moments(
             shift = grouped_psum(
                 shift, axis_name, group_size=group_size, axis_index_groups=axis_index_groups
             ) / (group_size or _group_len(axis_name, axis_index_groups))
-        k1, k2 = lax.optimization_barrier((shift, shift))
-        count, s1, s2 = pooled(count, wsum(x - k1), wsum(lax.square(x - k2)))
+        d = x - shift
+        count, s1, s2 = pooled(count, wsum(d), wsum(lax.square(d)))
         count = jnp.maximum(count, 1.0)
         mean_d = s1 / count
         var = jnp.maximum(s2 / count - lax.square(mean_d), 0.0)
@@ -184,8 +184,32 @@ def moments(
     count, s1 = pooled(count, wsum(x))
     count = jnp.maximum(count, 1.0)
     mean = s1 / count
-    (s2,) = pooled(wsum(lax.square(x - mean)))
+    (s2,) = pooled(_centered_sum_of_squares(x, mean, weights, tuple(axes)))
     return Moments(mean, s2 / count, count)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def _centered_sum_of_squares(x, mean, weights, axes):
+    """``sum(w * (x - mean)**2)`` over `axes`, where `mean` is the weighted mean of `x`.
+
+    Its derivative with respect to the mean, ``-2 * sum(w * (x - mean))``, vanishes
+    identically (summed over every device that pooled the mean), so the JVP leaves
+    it out and the backward pass skips a full-size reduction of zeros. The
+    function of `x` it differentiates is unchanged, so derivatives of every order
+    stay exact.
+    """
+    d = x - mean
+    return _staged_sum(lax.square(d) if weights is None else weights * lax.square(d), axes)
+
+
+@_centered_sum_of_squares.defjvp
+def _centered_sum_of_squares_jvp(axes, primals, tangents):
+    x, mean, weights = primals
+    tx = tangents[0]
+    d = x - mean
+    wd = d if weights is None else weights * d
+    out = _staged_sum(wd * d, axes)
+    return out, _staged_sum(2.0 * wd * tx, axes)
 
 
 def _staged_sum(v: jax.Array, axes: Sequence[int]) -> jax.Array:
@@ -303,8 +327,7 @@ def _normalize_jvp(epsilon: float, primals, tangents):
     d_rstd = -0.5 * rstd * rstd * rstd * t['var']
     # A distinct copy of the factor: if the backward's dy * mul shares the
     # forward's broadcast of it, XLA:CPU writes that broadcast out full-size.
-    mul_t, mean_t = lax.optimization_barrier((mul, p.get('mean')))
-    xc = p['x'] - mean_t if 'mean' in p else p['x']
+    mul_t = lax.optimization_barrier(mul)
     ty = t['x'] * mul_t
     if 'mean' in p:
         ty = ty - t['mean'] * mul_t

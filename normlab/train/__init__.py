@@ -1,6 +1,21 @@
-"""Trainers: the only place data, model, optimizer, mesh and logging meet."""
+"""Trainers: the only place data, model, optimizer, mesh and logging meet.
 
-from normlab.train.classifier import NonFiniteLossError, train_and_evaluate
-from normlab.train.config_checks import ConfigError
+Imports are lazy: config files import `normlab.train.defaults` and should not
+pay for TensorFlow and the trainers.
+"""
 
-__all__ = ['ConfigError', 'NonFiniteLossError', 'train_and_evaluate']
+import importlib
+
+_EXPORTS = {
+    'ConfigError': 'normlab.train.config_checks',
+    'NonFiniteLossError': 'normlab.train.classifier',
+    'train_and_evaluate': 'normlab.train.classifier',
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

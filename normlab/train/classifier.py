@@ -50,7 +50,9 @@ def build_norm(config: ml_collections.ConfigDict) -> norms.ModuleDef:
         k: v for k, v in config.norm.items() if k in fields and v is not None and k not in ('name',)
     }
     skipped = sorted(k for k in config.norm if k not in fields and k not in ('name',))
-    if 'axis_name' in fields:
+    if 'axis_name' in fields and norms.is_stateful(config.norm.name):
+        # Batch statistics pool over the data axis; per-example norms never
+        # need a collective (their axis_name is for model-parallel features).
         options['axis_name'] = parallel.DATA_AXIS
     if skipped:
         logging.info('norm %s ignores config.norm.%s', config.norm.name, ', '.join(skipped))
@@ -190,12 +192,10 @@ class Evaluator:
 
 
 def init_state(config, model, tx, mesh, image_shape) -> TrainState:
-    # XLA:CPU takes ~10x longer to compile threefry than rbg for a model's init.
-    rng = jax.random.key(config.seed, impl='rbg')
     dummy = jnp.zeros((2, *image_shape), jnp.float32)
 
     @jax.jit
-    def init():
+    def init(rng):  # the key is an argument so every seed shares one executable
         variables = model.init(rng, dummy, train=False)
         params = variables.pop('params')
         return TrainState(
@@ -205,7 +205,8 @@ def init_state(config, model, tx, mesh, image_shape) -> TrainState:
             model_state=dict(variables),
         )
 
-    state = init()
+    # XLA:CPU takes ~10x longer to compile threefry than rbg for a model's init.
+    state = init(jax.random.key(config.seed, impl='rbg'))
     return jax.device_put(state, parallel.replicated(mesh))
 
 
@@ -322,6 +323,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ckpt.close()
 
     results = evaluate(state)
+    if not last_train:  # resumed at the final checkpoint: reuse the logged window
+        rows = [r for r in files.read_metrics() if 'train/loss' in r]
+        last_train = {k: v for k, v in rows[-1].items() if k != 'step'} if rows else {}
     summary = {
         'status': 'finished',
         'steps': total_steps,
