@@ -7,6 +7,7 @@ cache: the end-to-end runs compile the same step as the step test, so after the
 first compile they only look it up (this is what makes them fast on 2 CPU cores).
 """
 
+import glob
 import json
 import os
 
@@ -21,6 +22,7 @@ from normlab import data, parallel
 from normlab.metrics import FeatureMoments, frechet_distance, label_entropy
 from normlab.train import ConfigError, feature_classifier, gan, registry
 from normlab.train.checkpointing import Checkpointer
+from tests.wandb_records import read_records
 
 TIMING = ('wall_s', 'compile_s', 'examples_per_s', 'train_s')
 
@@ -45,10 +47,10 @@ def compilation_cache(tmp_path_factory):
     cc.reset_cache()
 
 
-def smoke_config(cache_dir, arg='', **overrides):
+def smoke_config(cache_dir, **overrides):
     """The smoke config with every kind of state: batch norm in both networks,
     spectral norm in D too, class-conditional, EMA."""
-    c = digits_dcgan.get_config(','.join(filter(None, ['smoke=True,conditional=True', arg])))
+    c = digits_dcgan.get_config('smoke=True,conditional=True')
     c.discriminator.spectral_norm = True
     c.eval.cache_dir = cache_dir
     c.wandb.mode = 'disabled'
@@ -201,6 +203,19 @@ def test_resume_equals_uninterrupted_and_writes_the_run_files(cache_dir, tmp_pat
     assert os.path.exists(os.path.join(whole, 'samples', 'step_0000004.png'))
     rows = [json.loads(line) for line in open(os.path.join(whole, 'metrics.jsonl'))]
     assert [r['step'] for r in rows if 'train/d_loss' in r] == [2, 4]
+    # The offline W&B run got the tags, the losses, the final metrics and the samples.
+    (path,) = glob.glob(os.path.join(whole, 'wandb', 'offline-run-*', 'run-*.wandb'))
+    records = read_records(path)
+    run = next(r.run for r in records if r.WhichOneof('record_type') == 'run')
+    assert {'gan', 'g_norm:batch_norm', 'd_norm:batch_norm+spectral'} <= set(run.tags)
+    logged = {
+        i.key or '/'.join(i.nested_key)
+        for r in records
+        if r.WhichOneof('record_type') == 'history'
+        for i in r.history.item
+    }
+    assert {'train/d_loss', 'train/g_loss', 'eval/frechet_distance'} <= logged
+    assert any(key.startswith('samples') for key in logged), sorted(logged)
 
     # "Interrupted" after step 2 (the checkpoint there), then the same command again.
     first = gan.train_and_evaluate(smoke_config(cache_dir, num_train_steps=2), parts)
@@ -219,7 +234,7 @@ def test_resume_equals_uninterrupted_and_writes_the_run_files(cache_dir, tmp_pat
 
 
 def test_a_collapsed_discriminator_is_reported_not_hidden(cache_dir, tmp_path):
-    # A floor no loss gets under... inverted: every step counts as collapsed.
+    # A floor every loss is under: each step counts towards collapse.
     c = smoke_config(cache_dir, **{'divergence.d_loss_floor': 1e9, 'divergence.patience_steps': 3})
     s = gan.train_and_evaluate(c, str(tmp_path))
     assert s['status'] == 'diverged'

@@ -133,6 +133,8 @@ def moments(
       single_pass: True reduces shifted sums and squares in one fused pass and
         one collective; False subtracts the exact mean first (two passes, two
         collectives). Both are accurate; the second is the textbook reference.
+        On CPU without `axis_name`, True also uses the two passes, which
+        XLA:CPU runs faster than its unfused "single" pass.
       axis_name: a mapped axis to pool the statistics over.
       group_size: pool only within groups of this many consecutive devices.
       axis_index_groups: explicit device groups (pmap only).
@@ -167,7 +169,7 @@ def moments(
         count = jnp.maximum(count, 1.0)
         return Moments(jnp.zeros_like(sq), sq / count, count)
 
-    if single_pass:
+    def shifted(x, count, weights):
         shift = lax.stop_gradient(_first_element(x, axes))
         if axis_name is not None:
             # Every device in a pool must subtract the same shift.
@@ -181,11 +183,21 @@ def moments(
         var = jnp.maximum(s2 / count - lax.square(mean_d), 0.0)
         return Moments(shift + mean_d, var, count)
 
-    count, s1 = pooled(count, wsum(x))
-    count = jnp.maximum(count, 1.0)
-    mean = s1 / count
-    (s2,) = pooled(_centered_sum_of_squares(x, mean, weights, tuple(axes)))
-    return Moments(mean, s2 / count, count)
+    def two_pass(x, count, weights):
+        count, s1 = pooled(count, wsum(x))
+        count = jnp.maximum(count, 1.0)
+        mean = s1 / count
+        (s2,) = pooled(_centered_sum_of_squares(x, mean, weights, tuple(axes)))
+        return Moments(mean, s2 / count, count)
+
+    if not single_pass:
+        return two_pass(x, count, weights)
+    if axis_name is not None:
+        return shifted(x, count, weights)
+    # XLA:CPU never fuses the two sums of the single pass: it materializes the
+    # shifted copy and reads it twice, so there the exact two-pass formula is
+    # both more accurate and faster (BENCHMARKS.md). Decided when lowering.
+    return lax.platform_dependent(x, count, weights, cpu=two_pass, default=shifted)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
@@ -325,12 +337,14 @@ def _normalize_jvp(epsilon: float, primals, tangents):
         return y, None
     (t,) = tangents
     d_rstd = -0.5 * rstd * rstd * rstd * t['var']
-    # A distinct copy of the factor: if the backward's dy * mul shares the
-    # forward's broadcast of it, XLA:CPU writes that broadcast out full-size.
-    mul_t = lax.optimization_barrier(mul)
+    # A distinct copy of a per-statistic factor: if the backward's dy * mul shares
+    # the forward's broadcast of it, XLA:CPU writes that broadcast out full-size.
+    mul_t = lax.optimization_barrier(mul) if _size(mul.shape) < _size(xc.shape) else mul
     ty = t['x'] * mul_t
     if 'mean' in p:
         ty = ty - t['mean'] * mul_t
+    if scale is not None and _size(mul.shape) >= _size(xc.shape):
+        ty = 0.0  # the generic branch below writes the whole tangent
     if scale is None:
         ty = ty + xc * d_rstd
     elif _size(jnp.broadcast_shapes(rstd.shape, scale.shape)) < _size(xc.shape):
@@ -340,7 +354,10 @@ def _normalize_jvp(epsilon: float, primals, tangents):
         ty = ty + xc * (d_rstd * scale + rstd * t['scale'])
     else:
         # Per-token LayerNorm / RMSNorm: statistics and scale together span x.
-        ty = ty + (xc * scale) * d_rstd + (xc * rstd) * t['scale']
+        t_xhat = t['x'] * rstd + xc * d_rstd
+        if 'mean' in p:
+            t_xhat = t_xhat - t['mean'] * rstd
+        ty = t_xhat * scale + (xc * rstd) * t['scale']
     if 'bias' in p:
         ty = ty + t['bias']
     return y, ty
