@@ -9,7 +9,13 @@ choose axes and own variables, then call these. Three ideas set them apart from
   digit). :func:`moments` subtracts a shift ``K`` (the value of the first
   element of each statistic, a constant under `stop_gradient`) before the one
   fused reduction, so it computes ``Var[x - K]`` with ``E[x - K]`` near zero.
-  The result is exact algebra for any ``K``; only rounding depends on it.
+  The result is exact algebra for any ``K``; only rounding depends on it. On
+  CPU, where XLA never fuses the two sums anyway, it subtracts the exact mean
+  instead (two passes: more accurate still, and faster there).
+* **Hand-written derivatives.** :func:`normalize` has a closed-form JVP whose
+  transpose is the classic BatchNorm backward (two reductions of ``dy`` and
+  ``dy * (x - mean)`` per statistic), faster than autodiff of the forward;
+  derivatives of every order, forward mode and collectives work as before.
 * **Pooled statistics, not averaged ones.** Across devices it reduces sums and
   example counts (one stacked `psum`), so masked or uneven shards give the
   statistics of the pooled examples instead of a mean of per-device means.
@@ -133,8 +139,8 @@ def moments(
       single_pass: True reduces shifted sums and squares in one fused pass and
         one collective; False subtracts the exact mean first (two passes, two
         collectives). Both are accurate; the second is the textbook reference.
-        On CPU without `axis_name`, True also uses the two passes, which
-        XLA:CPU runs faster than its unfused "single" pass.
+        On CPU, True also uses the two passes, which XLA:CPU runs faster
+        than its unfused "single" pass.
       axis_name: a mapped axis to pool the statistics over.
       group_size: pool only within groups of this many consecutive devices.
       axis_index_groups: explicit device groups (pmap only).
@@ -192,11 +198,10 @@ def moments(
 
     if not single_pass:
         return two_pass(x, count, weights)
-    if axis_name is not None:
-        return shifted(x, count, weights)
     # XLA:CPU never fuses the two sums of the single pass: it materializes the
     # shifted copy and reads it twice, so there the exact two-pass formula is
-    # both more accurate and faster (BENCHMARKS.md). Decided when lowering.
+    # both more accurate and faster (BENCHMARKS.md), and across devices it needs
+    # as many collectives (the shift is pooled too). Decided when lowering.
     return lax.platform_dependent(x, count, weights, cpu=two_pass, default=shifted)
 
 

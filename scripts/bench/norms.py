@@ -11,7 +11,9 @@ for ``normlab.norms.X``, ``flax.linen.X`` (same constructor arguments) and the
 *floor*: ``y = x * a + b`` with per-feature ``a``, ``b`` (and its backward, with the
 gradients of ``a`` and ``b``), the least memory traffic any per-feature affine layer
 needs. Ratios are medians of per-round ratios. bfloat16 rows feed bfloat16 inputs to
-layers with ``dtype=bfloat16`` and float32 parameters, as the models do.
+layers with ``dtype=bfloat16`` and float32 parameters, as the models do. The process
+keeps freed memory mapped (`common.keep_freed_memory`) so that every call does not pay
+page faults for its fresh output buffers; ``--default_malloc`` measures with them.
 
     python -m scripts.bench.norms [--quick] [--out FILE]
 """
@@ -160,7 +162,7 @@ def bench_case(case: Case, shape, dtype, *, rounds: int, budget_s: float) -> lis
 
 
 def run(args) -> dict:
-    kept = common.keep_freed_memory()
+    kept = False if args.default_malloc else common.keep_freed_memory()
     dtypes = [jnp.float32] if args.quick else [jnp.float32, jnp.bfloat16]
     rounds, budget = (5, 3.0) if args.quick else (args.rounds, args.budget_s)
     rows = []
@@ -183,6 +185,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--norms', default='', help='comma list of norm names (default all)')
     parser.add_argument('--rounds', type=int, default=15)
     parser.add_argument('--budget_s', type=float, default=8.0, help='time per case and mode')
+    parser.add_argument(
+        '--default_malloc',
+        action='store_true',
+        help="keep glibc's default of unmapping freed large buffers (see keep_freed_memory)",
+    )
 
 
 main = functools.partial(common.main, run, add_args, __doc__)

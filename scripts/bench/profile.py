@@ -113,6 +113,7 @@ def main(argv=None) -> None:
     parser.add_argument('--dtype', default='float32')
     parser.add_argument('--norm', default='batch_norm', help='norm (for `resnet20`)')
     parser.add_argument('--xla', default='default', help='a name in training.XLA_VARIANTS')
+    parser.add_argument('--top', type=int, default=25)
     args = parser.parse_args(argv)
     if args.what == 'norm':
         from scripts.bench import norms
@@ -132,7 +133,7 @@ def main(argv=None) -> None:
         step = JaxStep(
             cifar10_resnet20, f'norm={args.norm}', (32, 32, 3), xla=XLA_VARIANTS[args.xla]
         )
-        profile(step, step.compiled.as_text(), calls=2)
+        profile(step, step.compiled.as_text(), calls=2, top=args.top)
 
 
 if __name__ == '__main__':
