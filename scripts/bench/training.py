@@ -55,6 +55,7 @@ ATTEMPTS = {
     'no_ynn_conv+no_fusion': ({}, BEST),
     'no_ynn_conv+no_fusion+bfloat16': ({'dtype': 'bfloat16'}, BEST),
     'no_ynn_conv+bfloat16': ({'dtype': 'bfloat16'}, NO_YNN_CONV),
+    'no_ynn_conv+no_norm': ({'norm__name': 'none'}, NO_YNN_CONV),
 }
 
 
@@ -223,6 +224,8 @@ def attempts(args) -> list[dict]:
         )
         extra[name] = {'framework': 'jax', 'norm': 'batch_norm', 'xla': xla, **model_overrides}
         print(f'  compiled {name} in {contenders[name].compile_s:.1f} s', flush=True)
+    contenders['torch'] = TorchStep(128)
+    extra['torch'] = {'framework': 'torch', 'norm': 'batch_norm'}
     samples = common.alternate(contenders, rounds=args.rounds, budget_s=args.budget_s)
     return _rows(samples, contenders, 'default', extra)
 
