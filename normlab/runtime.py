@@ -1,4 +1,4 @@
-"""Process-wide setup for a run: TF hidden from GPUs, the XLA compilation cache."""
+"""Process-wide setup for a run: TF hidden from GPUs, XLA:CPU options, the XLA cache."""
 
 from __future__ import annotations
 
@@ -9,10 +9,24 @@ import jax
 CACHE_DIR = os.environ.get(
     'NORMLAB_COMPILATION_CACHE', os.path.join(os.path.expanduser('~'), '.cache', 'normlab', 'xla')
 )
+# jaxlib 0.10's XLA:CPU runs convolutions through YNNPACK, whose kernels are slower than
+# Eigen's on AVX2 CPUs: CIFAR ResNet-20 trains 1.4x faster without it and its
+# weight-gradient convolutions 3-4x (BENCHMARKS.md, section 2). CPU-only flags: other
+# backends ignore them. A value the user put in XLA_FLAGS wins.
+CPU_XLA_FLAGS = {'--xla_cpu_experimental_ynn_fusion_type': '-individual_convolution'}
+
+
+def xla_flags(current: str) -> str:
+    """`current` (an XLA_FLAGS value) plus normlab's defaults for flags it does not set."""
+    for name, value in CPU_XLA_FLAGS.items():
+        if name not in current:
+            current = f'{current} {name}={value}'.strip()
+    return current
 
 
 def setup() -> None:
-    """Call once at start-up, before compiling anything."""
+    """Call once at start-up, before compiling anything (XLA reads its flags then)."""
+    os.environ['XLA_FLAGS'] = xla_flags(os.environ.get('XLA_FLAGS', ''))
     # tf.data only feeds the input pipeline: the accelerators belong to JAX.
     import tensorflow as tf
 

@@ -9,6 +9,11 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import jax  # noqa: E402
 
+from normlab import runtime  # noqa: E402
+
+# The XLA:CPU options users' runs get (`runtime.setup`), before the backend starts.
+os.environ['XLA_FLAGS'] = runtime.xla_flags(os.environ['XLA_FLAGS'])
+
 # A (C,) statistic broadcast against the wrong axis fails loudly here.
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 # Runs of identical programs within the session (and their subprocesses) reuse

@@ -1,0 +1,29 @@
+"""Process-wide XLA options: normlab's defaults never override the user's."""
+
+from normlab import runtime
+
+YNN = '--xla_cpu_experimental_ynn_fusion_type'
+
+
+def test_defaults_are_added_to_other_flags():
+    flags = runtime.xla_flags('--xla_force_host_platform_device_count=4')
+    assert flags.split() == [
+        '--xla_force_host_platform_device_count=4',
+        f'{YNN}=-individual_convolution',
+    ]
+    assert runtime.xla_flags('') == f'{YNN}=-individual_convolution'
+
+
+def test_a_flag_the_user_set_wins():
+    mine = f'{YNN}=individual_convolution,reduce'
+    assert runtime.xla_flags(mine) == mine
+
+
+def test_the_suite_runs_with_the_defaults_xla_accepted():
+    # conftest applies them before the backend starts; XLA aborts on an unknown flag.
+    import os
+
+    import jax
+
+    assert YNN in os.environ['XLA_FLAGS']
+    assert len(jax.devices()) == 4
