@@ -173,6 +173,18 @@ def test_group_norm_special_cases():
     np.testing.assert_allclose(gn_c, inorm, atol=1e-5)
 
 
+@pytest.mark.parametrize('single_pass', [True, 'always'], ids=['cpu', 'fused'])
+def test_group_norm_mask_gives_statistics_of_real_positions(single_pass):
+    # Padded sequences: each example's statistics pool only its real positions.
+    x = rand((2, 5, 6), loc=2.0)
+    mask = jnp.arange(5)[None, :, None] < 3
+    gn = norms.GroupNorm(num_groups=3, use_fast_variance=single_pass)
+    v = jax.tree_util.tree_map_with_path(_perturb, gn.init(KEY, x))
+    y = gn.apply(v, x, mask=mask)
+    np.testing.assert_allclose(y[:, :3], gn.apply(v, x[:, :3]), atol=1e-5)
+    np.testing.assert_allclose(y[:, :3], nn.GroupNorm(num_groups=3).apply(v, x[:, :3]), atol=1e-5)
+
+
 def test_virtual_batch_equal_to_batch_is_plain_bn_and_ghost_batches_split():
     x = rand((8, 2, 2, 3))
     plain = norms.BatchNorm(use_running_average=False)
@@ -211,7 +223,7 @@ def test_eval_with_batch_statistics_leaves_batch_stats_alone():
     np.testing.assert_allclose(y, y_train, atol=1e-6)
 
 
-@pytest.mark.parametrize('single_pass', [True, False])
+@pytest.mark.parametrize('single_pass', [True, False, 'always'])
 @pytest.mark.parametrize('offset', [1e4, 1e5])
 def test_large_offset_variance_against_float64(single_pass, offset):
     x = np.random.default_rng(0).normal(size=(256, 4)) + offset
@@ -513,41 +525,56 @@ def test_functional_moments_match_numpy():
     assert float(m.count) == 35
 
 
-# (input shape, statistic axes, parameter shape): BN, ghost BN, IN, per-token LN,
-# GN's grouped view, LN over (H, W, C).
+# (input shape, statistic axes, parameter shape, feature groups): BN, ghost BN, IN,
+# per-token LN, GN's grouped view, GN in the input's layout, LN over (H, W, C).
 DERIVATIVE_LAYOUTS = [
-    ((8, 3, 3, 5), (0, 1, 2), (1, 1, 1, 5)),
-    ((2, 4, 3, 3, 5), (1, 2, 3), (1, 1, 1, 1, 5)),
-    ((4, 3, 3, 5), (1, 2), (1, 1, 1, 5)),
-    ((4, 3, 7), (2,), (1, 1, 7)),
-    ((4, 2, 2, 3, 2), (1, 2, 4), (1, 1, 1, 3, 2)),
-    ((4, 3, 3, 6), (1, 2, 3), (1, 1, 1, 6)),
+    ((8, 3, 3, 5), (0, 1, 2), (1, 1, 1, 5), None),
+    ((2, 4, 3, 3, 5), (1, 2, 3), (1, 1, 1, 1, 5), None),
+    ((4, 3, 3, 5), (1, 2), (1, 1, 1, 5), None),
+    ((4, 3, 7), (2,), (1, 1, 7), None),
+    ((4, 2, 2, 3, 2), (1, 2, 4), (1, 1, 1, 3, 2), None),
+    ((4, 3, 3, 6), (1, 2), (1, 1, 1, 6), 3),
+    ((4, 3, 3, 6), (1, 2, 3), (1, 1, 1, 6), None),
 ]
 
 
+@pytest.mark.parametrize('single_pass', [True, 'always'], ids=['cpu', 'fused'])
 @pytest.mark.parametrize('masked', [False, True], ids=['all', 'masked'])
 @pytest.mark.parametrize('use_mean', [True, False], ids=['var', 'rms'])
-@pytest.mark.parametrize('layout', DERIVATIVE_LAYOUTS, ids=['bn', 'ghost', 'in', 'ln', 'gn', 'hwc'])
-def test_hand_written_derivatives_match_the_textbook_formula(layout, use_mean, masked):
+@pytest.mark.parametrize(
+    'layout', DERIVATIVE_LAYOUTS, ids=['bn', 'ghost', 'in', 'ln', 'gn', 'gn_layout', 'hwc']
+)
+def test_hand_written_derivatives_match_the_textbook_formula(layout, use_mean, masked, single_pass):
     """`moments` + `normalize` (closed-form JVP, transposed for the backward) against
     autodiff of the two-pass textbook formula: gradients (including through the
-    statistics themselves), forward mode and second order."""
-    shape, axes, pshape = layout
+    statistics themselves), forward mode and second order; with CPU's two passes
+    and with the fused single pass other backends use."""
+    shape, axes, pshape, groups = layout
     x, scale, bias = rand(shape, loc=3.0), rand(pshape, seed=1, loc=1.0), rand(pshape, seed=2)
     keep = np.random.default_rng(3).random(shape[:-1] + (1,)) > 0.3 if masked else None
     stat = tuple(1 if i in axes else n for i, n in enumerate(shape))
     wy, wm, wv = rand(shape, seed=4), rand(stat, seed=5), rand(stat, seed=6)
 
     def ours(x, scale, bias):
-        m = F.moments(x, axes, mask=keep, use_mean=use_mean)
+        m = F.moments(
+            x, axes, mask=keep, use_mean=use_mean, single_pass=single_pass, feature_groups=groups
+        )
         mean = m.mean if use_mean else 0.0
         return F.normalize(x, mean, m.var, epsilon=1e-3, scale=scale, bias=bias), m
 
     def textbook(x, scale, bias):
         w = jnp.ones(shape) if keep is None else jnp.broadcast_to(jnp.asarray(keep, x.dtype), shape)
-        count = jnp.maximum(jnp.sum(w, axes, keepdims=True), 1.0)
-        mean = jnp.sum(w * x, axes, keepdims=True) / count if use_mean else jnp.zeros(stat)
-        var = jnp.sum(w * (x - mean) ** 2, axes, keepdims=True) / count
+        # Feature groups: sum over each group's features too, then broadcast back.
+        def total(v):
+            if not groups:
+                return jnp.sum(v, axes, keepdims=True)
+            split = shape[:-1] + (groups, shape[-1] // groups)
+            s = jnp.sum(v.reshape(split), axes + (len(shape),), keepdims=True)
+            return jnp.broadcast_to(s, s.shape[:-1] + split[-1:]).reshape(stat)
+
+        count = jnp.maximum(total(w), 1.0)
+        mean = total(w * x) / count if use_mean else jnp.zeros(stat)
+        var = total(w * (x - mean) ** 2) / count
         y = (x - mean) / jnp.sqrt(var + 1e-3) * scale + bias
         return y, F.Moments(mean, var, count)
 

@@ -122,10 +122,11 @@ def moments(
     dtype=jnp.float32,
     mask: jax.Array | None = None,
     use_mean: bool = True,
-    single_pass: bool = True,
+    single_pass: bool | str = True,
     axis_name: str | None = None,
     group_size: int | None = None,
     axis_index_groups: Sequence[Sequence[int]] | None = None,
+    feature_groups: int | None = None,
 ) -> Moments:
     """Mean and biased variance of `x` over `axes`, kept as broadcastable dims.
 
@@ -140,21 +141,36 @@ def moments(
         one collective; False subtracts the exact mean first (two passes, two
         collectives). Both are accurate; the second is the textbook reference.
         On CPU, True also uses the two passes, which XLA:CPU runs faster
-        than its unfused "single" pass.
+        than its unfused "single" pass; ``'always'`` takes the single pass
+        on every backend (an accelerator's numerics, reproduced on CPU).
       axis_name: a mapped axis to pool the statistics over.
       group_size: pool only within groups of this many consecutive devices.
       axis_index_groups: explicit device groups (pmap only).
+      feature_groups: if set, the last axis (not in `axes`) is split into this
+        many blocks of consecutive features and each statistic also pools its
+        block (GroupNorm); the statistics are returned per feature, equal within
+        a block, so every full-size operation stays in `x`'s layout.
 
     Returns:
       `Moments` whose arrays have `x`'s rank with size-1 reduced axes.
     """
     x = x.astype(dtype)
+    if feature_groups is not None and (x.ndim - 1 in axes or x.shape[-1] % feature_groups):
+        raise ValueError(
+            f'feature_groups={feature_groups} needs a last axis outside axes={tuple(axes)} '
+            f'whose size ({x.shape[-1]}) it divides'
+        )
+
+    def reduce(v):
+        return _feature_group_sum(_staged_sum(v, axes), feature_groups)
+
     if mask is not None:
         weights = jnp.broadcast_to(mask, x.shape).astype(dtype)
-        count = jnp.sum(weights, axes, keepdims=True)
+        count = reduce(weights)
     else:
         weights = None
-        count = jnp.asarray(_static_count(x.shape, axes), dtype)
+        per_feature = x.shape[-1] // feature_groups if feature_groups else 1
+        count = jnp.asarray(_static_count(x.shape, axes) * per_feature, dtype)
 
     def pooled(*sums):
         """Sums (count first) pooled over devices in one collective."""
@@ -168,7 +184,7 @@ def moments(
         return tuple(total[i] for i in range(len(sums)))
 
     def wsum(v):
-        return _staged_sum(v if weights is None else v * weights, axes)
+        return reduce(v if weights is None else v * weights)
 
     if not use_mean:
         count, sq = pooled(count, wsum(lax.square(x)))
@@ -176,7 +192,7 @@ def moments(
         return Moments(jnp.zeros_like(sq), sq / count, count)
 
     def shifted(x, count, weights):
-        shift = lax.stop_gradient(_first_element(x, axes))
+        shift = lax.stop_gradient(_first_element(x, axes, feature_groups))
         if axis_name is not None:
             # Every device in a pool must subtract the same shift.
             shift = grouped_psum(
@@ -184,20 +200,26 @@ def moments(
             ) / (group_size or _group_len(axis_name, axis_index_groups))
         d = x - shift
         count, s1, s2 = pooled(count, wsum(d), wsum(lax.square(d)))
+        seen = count > 0
         count = jnp.maximum(count, 1.0)
         mean_d = s1 / count
         var = jnp.maximum(s2 / count - lax.square(mean_d), 0.0)
-        return Moments(shift + mean_d, var, count)
+        # A statistic without one unmasked element has mean 0, as in the two passes.
+        return Moments(jnp.where(seen, shift + mean_d, 0.0), var, count)
 
     def two_pass(x, count, weights):
         count, s1 = pooled(count, wsum(x))
         count = jnp.maximum(count, 1.0)
         mean = s1 / count
-        (s2,) = pooled(_centered_sum_of_squares(x, mean, weights, tuple(axes)))
+        (s2,) = pooled(_centered_sum_of_squares(x, mean, weights, tuple(axes), feature_groups))
         return Moments(mean, s2 / count, count)
 
+    if single_pass not in (True, False, 'always'):
+        raise ValueError(f"single_pass={single_pass!r}: valid values are True, False, 'always'")
     if not single_pass:
         return two_pass(x, count, weights)
+    if single_pass == 'always':
+        return shifted(x, count, weights)
     # XLA:CPU never fuses the two sums of the single pass: it materializes the
     # shifted copy and reads it twice, so there the exact two-pass formula is
     # both more accurate and faster (BENCHMARKS.md), and across devices it needs
@@ -205,9 +227,10 @@ def moments(
     return lax.platform_dependent(x, count, weights, cpu=two_pass, default=shifted)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
-def _centered_sum_of_squares(x, mean, weights, axes):
-    """``sum(w * (x - mean)**2)`` over `axes`, where `mean` is the weighted mean of `x`.
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4))
+def _centered_sum_of_squares(x, mean, weights, axes, feature_groups=None):
+    """``sum(w * (x - mean)**2)`` over `axes` (and feature blocks, as in `moments`),
+    where `mean` is the weighted mean of `x` over the same elements.
 
     Its derivative with respect to the mean, ``-2 * sum(w * (x - mean))``, vanishes
     identically (summed over every device that pooled the mean), so the JVP leaves
@@ -216,25 +239,38 @@ def _centered_sum_of_squares(x, mean, weights, axes):
     stay exact.
     """
     d = x - mean
-    return _staged_sum(lax.square(d) if weights is None else weights * lax.square(d), axes)
+    sq = lax.square(d) if weights is None else weights * lax.square(d)
+    return _feature_group_sum(_staged_sum(sq, axes), feature_groups)
 
 
 @_centered_sum_of_squares.defjvp
-def _centered_sum_of_squares_jvp(axes, primals, tangents):
+def _centered_sum_of_squares_jvp(axes, feature_groups, primals, tangents):
     x, mean, weights = primals
     tx = tangents[0]
     d = x - mean
     wd = d if weights is None else weights * d
-    out = _staged_sum(wd * d, axes)
-    return out, _staged_sum(2.0 * wd * tx, axes)
+
+    def reduce(v):
+        return _feature_group_sum(_staged_sum(v, axes), feature_groups)
+
+    return reduce(wd * d), reduce(2.0 * wd * tx)
+
+
+def _feature_group_sum(v: jax.Array, groups: int | None) -> jax.Array:
+    """Sums of the last axis over blocks of `groups`, broadcast back to every feature."""
+    if groups is None:
+        return v
+    split = v.shape[:-1] + (groups, v.shape[-1] // groups)
+    block = jnp.sum(v.reshape(split), -1, keepdims=True)
+    return jnp.broadcast_to(block, split).reshape(v.shape)
 
 
 def _staged_sum(v: jax.Array, axes: Sequence[int]) -> jax.Array:
     """``jnp.sum(v, axes, keepdims=True)``, one contiguous block of axes at a time.
 
     XLA:CPU sums a contiguous block of axes at memory speed but is ~20x slower
-    when the summed axes straddle a kept one, as GroupNorm's (H, W, channel in
-    group) do around the group axis. Summing the outer block first (the barrier
+    when the summed axes straddle a kept one (a norm over (H, W, channel in group)
+    of a grouped view, around the group axis). Summing the outer block first (the barrier
     keeps XLA from merging the two sums back) leaves a small second sum.
     """
     runs: list[list[int]] = []
@@ -264,10 +300,14 @@ def _static_count(shape: Sequence[int], axes: Sequence[int]) -> int:
     return n
 
 
-def _first_element(x: jax.Array, axes: Sequence[int]) -> jax.Array:
-    """`x` at index 0 of every reduced axis: a cheap per-statistic shift."""
+def _first_element(x: jax.Array, axes: Sequence[int], groups: int | None = None) -> jax.Array:
+    """`x` at index 0 of every reduced axis (and feature block): a per-statistic shift."""
     index = tuple(slice(0, 1) if i in axes else slice(None) for i in range(x.ndim))
-    return x[index]
+    first = x[index]
+    if groups is None:
+        return first
+    split = first.shape[:-1] + (groups, first.shape[-1] // groups)
+    return jnp.broadcast_to(first.reshape(split)[..., :1], split).reshape(first.shape)
 
 
 def _group_len(axis_name: str, axis_index_groups) -> int:
@@ -342,29 +382,33 @@ def _normalize_jvp(epsilon: float, primals, tangents):
         return y, None
     (t,) = tangents
     d_rstd = -0.5 * rstd * rstd * rstd * t['var']
-    # A distinct copy of a per-statistic factor: if the backward's dy * mul shares
-    # the forward's broadcast of it, XLA:CPU writes that broadcast out full-size.
-    mul_t = lax.optimization_barrier(mul) if _size(mul.shape) < _size(xc.shape) else mul
-    ty = t['x'] * mul_t
-    if 'mean' in p:
-        ty = ty - t['mean'] * mul_t
     if scale is not None and _size(mul.shape) >= _size(xc.shape):
-        ty = 0.0  # the generic branch below writes the whole tangent
-    if scale is None:
-        ty = ty + xc * d_rstd
-    elif _size(jnp.broadcast_shapes(rstd.shape, scale.shape)) < _size(xc.shape):
-        # Statistics times per-feature factors is smaller than x (BatchNorm, Instance-,
-        # Group- and LayerNorm of feature maps): one sum of dy * (x - mean) over the
-        # axes neither varies along, then per-(statistic, feature) arithmetic.
-        ty = ty + xc * (d_rstd * scale + rstd * t['scale'])
-    else:
         # Per-token LayerNorm / RMSNorm: statistics and scale together span x.
         t_xhat = t['x'] * rstd + xc * d_rstd
         if 'mean' in p:
             t_xhat = t_xhat - t['mean'] * rstd
         ty = t_xhat * scale + (xc * rstd) * t['scale']
+        return y, ty + t['bias'] if 'bias' in p else ty
+    # A distinct copy of a per-statistic factor: if the backward's dy * mul shares
+    # the forward's broadcast of it, XLA:CPU writes that broadcast out full-size.
+    mul_t = lax.optimization_barrier(mul) if _size(mul.shape) < _size(xc.shape) else mul
+    ty = t['x'] * mul_t
+    if scale is None:
+        ty = ty + xc * d_rstd
+    else:
+        # Statistics times per-feature factors is smaller than x (BatchNorm, Instance-,
+        # Group- and LayerNorm of feature maps): one sum of dy * (x - mean) over the
+        # axes neither varies along, then per-(statistic, feature) arithmetic.
+        ty = ty + xc * (d_rstd * scale + rstd * t['scale'])
+    # The mean's and the bias's tangents, added as one term while that is smaller
+    # than x: the transpose then reduces dy once for both.
+    terms = [-t['mean'] * mul_t] if 'mean' in p else []
     if 'bias' in p:
-        ty = ty + t['bias']
+        terms.append(t['bias'])
+    if len(terms) == 2 and _size(jnp.broadcast_shapes(*(a.shape for a in terms))) < _size(xc.shape):
+        terms = [terms[0] + terms[1]]
+    for term in terms:
+        ty = ty + term
     return y, ty
 
 

@@ -25,7 +25,6 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 from flax.typing import Axes, Dtype, Initializer
-from jax import lax
 
 from normlab.norms import functional as F
 from normlab.norms.affine import affine_params, output_dtype
@@ -224,69 +223,24 @@ class GroupNorm(_PerExampleNorm):
             )
         channels = x.shape[-1]
         groups = self.num_groups_for(channels)
-        if (
-            mask is None
-            and self.axis_name is None
-            and x.ndim > 2
-            and red == tuple(range(1, x.ndim))
-        ):
-            return self._per_channel_path(x, groups)
-        grouped = x.shape[:-1] + (groups, channels // groups)
-        # In the grouped view the statistics reduce the old axes and the
-        # within-group channel axis; the group axis stays.
-        red_grouped = red[:-1] + (x.ndim,)
-        scale, bias = affine_params(
-            self, (channels,), (1,) * (x.ndim - 1) + (groups, channels // groups)
-        )
-        if mask is not None:
-            mask = jnp.broadcast_to(mask, x.shape).reshape(grouped)
+        scale, bias = affine_params(self, (channels,), (1,) * (x.ndim - 1) + (channels,))
+        # Statistics per group, returned per channel: every full-size operation runs on
+        # the input's (N, ..., C) layout, never on the grouped (N, ..., G, C / G) view,
+        # whose short minor axis XLA:CPU handles 5-20x slower (BENCHMARKS.md).
         m = F.moments(
-            x.reshape(grouped),
-            red_grouped,
+            x,
+            red[:-1],
             dtype=F.stats_dtype(x.dtype, self.dtype, self.force_float32_reductions),
             mask=mask,
             single_pass=self.use_fast_variance,
             axis_name=self.axis_name,
             axis_index_groups=self.axis_index_groups,
+            feature_groups=groups,
         )
-        y = F.normalize(
-            x.reshape(grouped),
-            m.mean,
-            m.var,
-            epsilon=self.epsilon,
-            scale=scale,
-            bias=bias,
-            dtype=output_dtype(x, scale, bias, self.dtype),
-        )
-        return y.reshape(x.shape)
-
-    def _per_channel_path(self, x, groups: int):
-        """The same statistics from per-channel ones, all in the input's layout.
-
-        Per-channel moments over the spatial axes (InstanceNorm's reduction) are
-        combined within each group (Chan et al.: mean of the means, mean of the
-        variances plus the spread of the means), then broadcast back to the
-        channels, so every full-size operation runs on ``(N, ..., C)`` instead of
-        ``(N, ..., G, C / G)``, whose short minor axis XLA:CPU handles 5-20x
-        slower (BENCHMARKS.md). Equal counts per channel: no mask, no devices.
-        """
-        channels = x.shape[-1]
-        scale, bias = affine_params(self, (channels,), (1,) * (x.ndim - 1) + (channels,))
-        m = F.moments(
-            x,
-            tuple(range(1, x.ndim - 1)),
-            dtype=F.stats_dtype(x.dtype, self.dtype, self.force_float32_reductions),
-            single_pass=self.use_fast_variance,
-        )
-        split = m.mean.shape[:-1] + (groups, channels // groups)
-        mean_c, var_c = m.mean.reshape(split), m.var.reshape(split)
-        mean = jnp.mean(mean_c, -1, keepdims=True)
-        var = jnp.mean(var_c + lax.square(mean_c - mean), -1, keepdims=True)
-        mean, var = (jnp.broadcast_to(a, split).reshape(m.mean.shape) for a in (mean, var))
         return F.normalize(
             x,
-            mean,
-            var,
+            m.mean,
+            m.var,
             epsilon=self.epsilon,
             scale=scale,
             bias=bias,

@@ -164,12 +164,17 @@ def bench_case(case: Case, shape, dtype, *, rounds: int, budget_s: float) -> lis
 def run(args) -> dict:
     kept = False if args.default_malloc else common.keep_freed_memory()
     dtypes = [jnp.float32] if args.quick else [jnp.float32, jnp.bfloat16]
+    if args.dtypes:
+        dtypes = [jnp.dtype(d) for d in args.dtypes.split(',')]
     rounds, budget = (5, 3.0) if args.quick else (args.rounds, args.budget_s)
     rows = []
     for case in CASES:
         if args.norms and case.name not in args.norms.split(','):
             continue
         shapes = case.shapes[:1] if args.quick else case.shapes
+        if args.shapes:
+            wanted = args.shapes.split(',')
+            shapes = [s for s in case.shapes if 'x'.join(map(str, s)) in wanted]
         for shape in shapes:
             for dtype in dtypes:
                 rows.extend(bench_case(case, shape, dtype, rounds=rounds, budget_s=budget))
@@ -183,6 +188,8 @@ def run(args) -> dict:
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--norms', default='', help='comma list of norm names (default all)')
+    parser.add_argument('--shapes', default='', help='comma list such as 32x56x56x256 (default all)')
+    parser.add_argument('--dtypes', default='', help='comma list of float32, bfloat16 (default both)')
     parser.add_argument('--rounds', type=int, default=15)
     parser.add_argument('--budget_s', type=float, default=8.0, help='time per case and mode')
     parser.add_argument(
