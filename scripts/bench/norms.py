@@ -188,8 +188,8 @@ def run(args) -> dict:
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--norms', default='', help='comma list of norm names (default all)')
-    parser.add_argument('--shapes', default='', help='comma list such as 32x56x56x256 (default all)')
-    parser.add_argument('--dtypes', default='', help='comma list of float32, bfloat16 (default both)')
+    parser.add_argument('--shapes', default='', help='e.g. 32x56x56x256,... (default all)')
+    parser.add_argument('--dtypes', default='', help='float32,bfloat16 (default both)')
     parser.add_argument('--rounds', type=int, default=15)
     parser.add_argument('--budget_s', type=float, default=8.0, help='time per case and mode')
     parser.add_argument(
