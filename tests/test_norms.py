@@ -564,6 +564,7 @@ def test_hand_written_derivatives_match_the_textbook_formula(layout, use_mean, m
 
     def textbook(x, scale, bias):
         w = jnp.ones(shape) if keep is None else jnp.broadcast_to(jnp.asarray(keep, x.dtype), shape)
+
         # Feature groups: sum over each group's features too, then broadcast back.
         def total(v):
             if not groups:
