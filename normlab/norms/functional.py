@@ -227,6 +227,36 @@ def moments(
     return lax.platform_dependent(x, count, weights, cpu=two_pass, default=shifted)
 
 
+def combine_moments(
+    m: Moments,
+    axes: Sequence[int],
+    *,
+    axis_name: str | None = None,
+    group_size: int | None = None,
+    axis_index_groups: Sequence[Sequence[int]] | None = None,
+) -> Moments:
+    """The moments over `axes` too (and devices), from equal-count moments `m`.
+
+    Exact (Chan et al.): the mean of the means, and the mean of the variances plus
+    the variance of the means, so nothing full-size is read again. Every slice of
+    `m` must pool the same number of elements (no masks).
+    """
+    groups = (group_size or _group_len(axis_name, axis_index_groups)) if axis_name else 1
+
+    def mean(v):
+        v = jnp.mean(v, tuple(axes), keepdims=True)
+        if axis_name is not None:
+            psum = grouped_psum(
+                v, axis_name, group_size=group_size, axis_index_groups=axis_index_groups
+            )
+            v = psum / groups
+        return v
+
+    pooled_mean = mean(m.mean)
+    var = mean(m.var + lax.square(m.mean - pooled_mean))
+    return Moments(pooled_mean, var, m.count * _static_count(m.mean.shape, axes) * groups)
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4))
 def _centered_sum_of_squares(x, mean, weights, axes, feature_groups=None):
     """``sum(w * (x - mean)**2)`` over `axes` (and feature blocks, as in `moments`),

@@ -26,6 +26,27 @@ def _channel_shapes(x):
     return (c,), (1,) * (x.ndim - 1) + (c,)
 
 
+@jax.custom_jvp
+def tlu(z: jax.Array, tau: jax.Array) -> jax.Array:
+    """The thresholded linear unit ``max(z, tau)`` (tau broadcasts against z).
+
+    Its tangent is written ``t_tau + where(z > tau, t_z - t_tau, 0)`` so that the
+    backward masks ``dy`` once and gets tau's gradient as ``sum(dy) - sum(masked)``;
+    `jnp.maximum`'s derivative (which also splits ties) makes XLA:CPU write two
+    masked copies of ``dy`` and recompute the mask in each (FRN's backward 1.4x
+    slower). At a tie the gradient goes to tau.
+    """
+    return jnp.where(z > tau, z, tau)
+
+
+@tlu.defjvp
+def _tlu_jvp(primals, tangents):
+    z, tau = primals
+    t_z, t_tau = tangents
+    above = z > tau
+    return jnp.where(above, z, tau), t_tau + jnp.where(above, t_z - t_tau, 0.0)
+
+
 class FilterResponseNorm(nn.Module):
     """Filter Response Normalization with a Thresholded Linear Unit.
 
@@ -65,7 +86,7 @@ class FilterResponseNorm(nn.Module):
         y = F.normalize(xf, 0.0, nu2, epsilon=eps, scale=scale, bias=bias)
         if self.use_tlu:
             tau = self.param('tau', self.tau_init, feature_shape, self.param_dtype)
-            y = jnp.maximum(y, tau.reshape(bshape))
+            y = tlu(y, tau.reshape(bshape))
         return y.astype(output_dtype(x, scale, bias, self.dtype))
 
 
@@ -105,24 +126,28 @@ class EvoNormB0(nn.Module):
         v = self.param('v', self.v_init, feature_shape, self.param_dtype).reshape(bshape)
         ra_var = self.variable('batch_stats', 'var', jnp.ones, feature_shape, jnp.float32)
         xf = x.astype(F.stats_dtype(x.dtype))
+        spatial = tuple(range(1, x.ndim - 1))
+        # Per-(example, channel) moments; the batch variance is combined from them
+        # (the same numbers as a reduction over the whole batch, without reading x
+        # twice more).
+        inst = F.moments(xf, spatial)
         if use_running_average:
             batch_var = ra_var.value.reshape(bshape)
         else:
             initializing = self.is_initializing()
-            batch_var = F.moments(
-                xf,
-                tuple(range(x.ndim - 1)),
+            batch_var = F.combine_moments(
+                inst,
+                (0,),
                 axis_name=None if initializing else self.axis_name,
                 axis_index_groups=None if initializing else self.axis_index_groups,
             ).var
             if not initializing:
                 self.sow(BATCH_MOMENTS, 'var', batch_var.reshape(feature_shape))
                 ra_var.value = F.ema(ra_var.value, batch_var.reshape(feature_shape), self.momentum)
-        inst_var = F.moments(xf, tuple(range(1, x.ndim - 1))).var
-        denom = jnp.maximum(
-            jnp.sqrt(batch_var + self.epsilon), v * xf + jnp.sqrt(inst_var + self.epsilon)
-        )
-        y = xf / denom
+        batch_std = jnp.sqrt(batch_var + self.epsilon)
+        inst_term = v * xf + jnp.sqrt(inst.var + self.epsilon)
+        # where, not jnp.maximum: one comparison in the backward instead of two.
+        y = xf / jnp.where(inst_term > batch_std, inst_term, batch_std)
         y = y * scale if scale is not None else y
         y = y + bias if bias is not None else y
         return y.astype(output_dtype(x, scale, bias, self.dtype))
@@ -171,10 +196,11 @@ class EvoNormS0(nn.Module):
         scale, bias = affine_params(self, feature_shape, bshape)
         v = self.param('v', self.v_init, feature_shape, self.param_dtype).reshape(bshape)
         xf = x.astype(F.stats_dtype(x.dtype))
-        grouped = x.shape[:-1] + (groups, c // groups)
-        var = F.moments(xf.reshape(grouped), tuple(range(1, x.ndim - 1)) + (x.ndim,)).var
-        std = jnp.broadcast_to(jnp.sqrt(var + self.epsilon), grouped).reshape(x.shape)
-        y = xf * jax.nn.sigmoid(v * xf) / std
-        y = y * scale if scale is not None else y
-        y = y + bias if bias is not None else y
+        # Group statistics returned per channel: everything stays in x's layout.
+        var = F.moments(xf, tuple(range(1, x.ndim - 1)), feature_groups=groups).var
+        # The swish numerator goes through `normalize` (mean 0), whose closed-form
+        # backward reduces dy once per statistic.
+        y = F.normalize(
+            xf * jax.nn.sigmoid(v * xf), 0.0, var, epsilon=self.epsilon, scale=scale, bias=bias
+        )
         return y.astype(output_dtype(x, scale, bias, self.dtype))

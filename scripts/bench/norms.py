@@ -41,7 +41,7 @@ TOKEN_SHAPES = ((64, 512, 768),)
 class Case:
     name: str
     ours: type
-    theirs: type
+    theirs: type | None  # None: flax.linen has no such layer (the floor only)
     kwargs: dict
     shapes: tuple
     stateful: bool = False
@@ -57,6 +57,11 @@ CASES = (
     ),
     Case('layer_norm', norms.LayerNorm, nn.LayerNorm, {}, TOKEN_SHAPES),
     Case('rms_norm', norms.RMSNorm, nn.RMSNorm, {}, TOKEN_SHAPES),
+    # normlab's norms without a flax.linen counterpart, against the floor.
+    Case('batch_renorm', norms.BatchRenorm, None, {'momentum': 0.9}, CONV_SHAPES, True),
+    Case('frn', norms.FilterResponseNorm, None, {}, CONV_SHAPES),
+    Case('evonorm_b0', norms.EvoNormB0, None, {'momentum': 0.9}, CONV_SHAPES, True),
+    Case('evonorm_s0', norms.EvoNormS0, None, {'num_groups': 32}, CONV_SHAPES),
 )
 
 
@@ -72,12 +77,13 @@ def layer_fns(module: nn.Module, x, stateful: bool):
     """(train, eval) jitted callables of a norm layer and its variables."""
     call = {'use_running_average': False} if stateful else {}
     variables = jax.jit(lambda: module.init(jax.random.key(0, impl='rbg'), x, **call))()
+    state = [c for c in variables if c != 'params']  # batch_stats, a step counter
 
     def train(variables, x, dy):
         def f(params, x):
             v = {**variables, 'params': params}
             if stateful:
-                return module.apply(v, x, mutable=['batch_stats'], **call)
+                return module.apply(v, x, mutable=state, **call)
             return module.apply(v, x), {}
 
         y, vjp, updates = jax.vjp(f, variables['params'], x, has_aux=True)
@@ -115,7 +121,8 @@ def bench_case(case: Case, shape, dtype, *, rounds: int, budget_s: float) -> lis
     x, dy = _inputs(shape, dtype)
     kwargs = {**case.kwargs, 'dtype': dtype}
     ours_train, ours_eval, v_ours = layer_fns(case.ours(**kwargs), x, case.stateful)
-    theirs_train, theirs_eval, v_theirs = layer_fns(case.theirs(**kwargs), x, case.stateful)
+    if case.theirs is not None:
+        theirs_train, theirs_eval, v_theirs = layer_fns(case.theirs(**kwargs), x, case.stateful)
     floor_train, floor_eval, (a, b) = floor_fns(x, shape[-1])
     rows = []
     for mode in ('train', 'eval'):
@@ -131,6 +138,8 @@ def bench_case(case: Case, shape, dtype, *, rounds: int, budget_s: float) -> lis
                 'flax': lambda: theirs_eval(v_theirs, x),
                 'floor': lambda: floor_eval(a, b, x),
             }
+        if case.theirs is None:
+            del contenders['flax']
         t0 = time.perf_counter()
         samples = common.alternate(
             {k: _block(f) for k, f in contenders.items()}, rounds=rounds, budget_s=budget_s
@@ -146,15 +155,20 @@ def bench_case(case: Case, shape, dtype, *, rounds: int, budget_s: float) -> lis
         for name, s in samples.items():
             row[name] = s.summary()
         for kind in ('wall', 'cpu'):
-            row[f'normlab_vs_flax_{kind}'] = common.paired_ratio(samples, 'normlab', 'flax', kind)
             row[f'normlab_vs_floor_{kind}'] = common.paired_ratio(samples, 'normlab', 'floor', kind)
-            row[f'flax_vs_floor_{kind}'] = common.paired_ratio(samples, 'flax', 'floor', kind)
+            if 'flax' in samples:
+                row[f'normlab_vs_flax_{kind}'] = common.paired_ratio(
+                    samples, 'normlab', 'flax', kind
+                )
+                row[f'flax_vs_floor_{kind}'] = common.paired_ratio(samples, 'flax', 'floor', kind)
         rows.append(row)
+        flax = (f'flax {1e3 * row["flax"]["wall_s"]:7.1f} ms  ' if 'flax' in row else ' ' * 18) + (
+            f'normlab/flax {row["normlab_vs_flax_wall"]:.2f}  ' if 'flax' in row else ' ' * 19
+        )
         print(
             f'{case.name:15s} {str(shape):18s} {row["dtype"]:8s} {mode:5s} '
-            f'normlab {1e3 * row["normlab"]["wall_s"]:7.1f} ms  flax '
-            f'{1e3 * row["flax"]["wall_s"]:7.1f} ms  floor {1e3 * row["floor"]["wall_s"]:7.1f} ms  '
-            f'normlab/flax {row["normlab_vs_flax_wall"]:.2f}  '
+            f'normlab {1e3 * row["normlab"]["wall_s"]:7.1f} ms  '
+            f'floor {1e3 * row["floor"]["wall_s"]:7.1f} ms  {flax}'
             f'normlab/floor {row["normlab_vs_floor_wall"]:.2f}  load {row["load"][0]}',
             flush=True,
         )

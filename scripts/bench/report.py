@@ -56,12 +56,12 @@ def norms(result: dict) -> str:
                 r['dtype'],
                 r['mode'],
                 _ms(r['normlab']['wall_s']),
-                _ms(r['flax']['wall_s']),
+                _ms(r['flax']['wall_s']) if 'flax' in r else '-',
                 _ms(r['floor']['wall_s']),
-                _ratio(r['normlab_vs_flax_wall'], 1.0 if train else None),
-                _ratio(r['normlab_vs_flax_cpu'], 1.0 if train else None),
+                _ratio(r['normlab_vs_flax_wall'], 1.0 if train else None) if 'flax' in r else '-',
+                _ratio(r['normlab_vs_flax_cpu'], 1.0 if train else None) if 'flax' in r else '-',
                 _ratio(r['normlab_vs_floor_wall'], 2.0 if train else None),
-                _ratio(r['flax_vs_floor_wall']),
+                _ratio(r['flax_vs_floor_wall']) if 'flax' in r else '-',
                 r['load'][0],
             ]
         )
