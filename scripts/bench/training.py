@@ -14,7 +14,10 @@ apart, from a cold cache (the persistent compilation cache is off here).
 * ``digits_cnn``: `configs/digits_cnn.py` (batch 32, 8x8x1), 20 steps per timing,
   default options and the best set;
 * ``attempts`` (not with ``--quick``): ResNet-20 with BatchNorm under the other
-  XLA:CPU options and precisions that were tried, for BENCHMARKS.md.
+  XLA:CPU options and precisions that were tried, for BENCHMARKS.md;
+* ``convs``: the three convolutions of a training step (forward, input gradient,
+  weight gradient) at ResNet-20's three stage shapes, XLA:CPU's YNNPACK and Eigen
+  kernels against PyTorch's oneDNN ones: where the rest of the gap is.
 
     python -m scripts.bench.training [--quick] [--out FILE]
 """
@@ -230,9 +233,89 @@ def attempts(args) -> list[dict]:
     return _rows(samples, contenders, 'default', extra)
 
 
+# ResNet-20's 3x3 convolutions at batch 128: (height = width, channels) per stage.
+CONV_STAGES = ((32, 16), (16, 32), (8, 64))
+
+
+def _conv_contenders(size: int, channels: int, batch: int = 128) -> dict:
+    """Forward, input-gradient and weight-gradient convolutions: JAX (two kernel
+    libraries) and PyTorch (channels-last, its autograd kernels), same shapes."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(batch, size, size, channels)).astype(np.float32)
+    w = rng.normal(size=(3, 3, channels, channels)).astype(np.float32) * 0.1
+    dy = rng.normal(size=x.shape).astype(np.float32)
+
+    def conv(x, w):
+        return lax.conv_general_dilated(
+            x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+        )
+
+    passes = {
+        'forward': (conv, (x, w)),
+        'input_grad': (lambda x, w, dy: jax.vjp(lambda x: conv(x, w), x)[1](dy)[0], (x, w, dy)),
+        'weight_grad': (lambda x, w, dy: jax.vjp(lambda w: conv(x, w), w)[1](dy)[0], (x, w, dy)),
+    }
+    out = {}
+    for variant in ('default', 'no_ynn_conv'):
+        for name, (fn, fargs) in passes.items():
+            compiled = jax.jit(fn).lower(*fargs).compile(compiler_options=XLA_VARIANTS[variant])
+            out[f'jax {name} [{variant}]'] = lambda c=compiled, a=fargs: jax.block_until_ready(
+                c(*a)
+            )
+
+    cl = torch.channels_last
+    tx = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(memory_format=cl)
+    tdy = torch.from_numpy(dy).permute(0, 3, 1, 2).contiguous(memory_format=cl)
+    tw = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous(memory_format=cl)
+    txg, twg = tx.clone().requires_grad_(), tw.clone().requires_grad_()
+
+    def torch_forward():
+        with torch.no_grad():
+            return torch.nn.functional.conv2d(tx, tw, padding=1)
+
+    def torch_grad(inputs):
+        y = torch.nn.functional.conv2d(
+            txg if inputs == 'x' else tx, twg if inputs == 'w' else tw, padding=1
+        )
+        return torch.autograd.grad(y, txg if inputs == 'x' else twg, tdy)
+
+    out['torch forward'] = torch_forward
+    # Autograd runs the forward too: its time is subtracted when the rows are made.
+    out['torch forward+input_grad'] = lambda: torch_grad('x')
+    out['torch forward+weight_grad'] = lambda: torch_grad('w')
+    return out
+
+
+def convs(args) -> list[dict]:
+    rows = []
+    for size, channels in CONV_STAGES[:1] if args.quick else CONV_STAGES:
+        contenders = _conv_contenders(size, channels)
+        samples = common.alternate(contenders, rounds=args.rounds * 2, budget_s=args.budget_s / 6)
+        ms = {k: 1e3 * v.summary()['wall_s'] for k, v in samples.items()}
+        ms['torch input_grad'] = ms.pop('torch forward+input_grad') - ms['torch forward']
+        ms['torch weight_grad'] = ms.pop('torch forward+weight_grad') - ms['torch forward']
+        for name in ('forward', 'input_grad', 'weight_grad'):
+            row = {
+                'shape': [128, size, size, channels],
+                'pass': name,
+                'xla_default_ms': ms[f'jax {name} [default]'],
+                'no_ynn_conv_ms': ms[f'jax {name} [no_ynn_conv]'],
+                'torch_ms': ms[f'torch {name}'],
+            }
+            rows.append(row)
+            print(
+                f'  {str(row["shape"]):18s} {name:12s} xla default {row["xla_default_ms"]:6.1f} ms'
+                f'  no_ynn_conv {row["no_ynn_conv_ms"]:6.1f} ms  torch {row["torch_ms"]:6.1f} ms',
+                flush=True,
+            )
+    return rows
+
+
 def run(args) -> dict:
     out = {'benchmark': 'training', 'description': __doc__.splitlines()[0]}
-    for part in ('resnet20', 'digits_cnn', 'attempts'):
+    for part in ('resnet20', 'digits_cnn', 'attempts', 'convs'):
         if args.parts and part not in args.parts.split(','):
             continue
         if part == 'attempts' and args.quick:
@@ -245,7 +328,9 @@ def run(args) -> dict:
 
 
 def add_args(parser) -> None:
-    parser.add_argument('--parts', default='', help='resnet20,digits_cnn,attempts (default all)')
+    parser.add_argument(
+        '--parts', default='', help='resnet20,digits_cnn,attempts,convs (default all)'
+    )
     parser.add_argument('--attempts', default='', help='comma list of ATTEMPTS names (default all)')
     parser.add_argument('--rounds', type=int, default=8)
     parser.add_argument('--budget_s', type=float, default=240.0, help='time per part')
