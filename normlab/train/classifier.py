@@ -9,6 +9,7 @@ with the same numbers as an uninterrupted run.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 
@@ -194,9 +195,13 @@ class Evaluator:
 def init_state(config, model, tx, mesh, image_shape) -> TrainState:
     dummy = jnp.zeros((2, *image_shape), jnp.float32)
 
-    @jax.jit
-    def init(rng):  # the key is an argument so every seed shares one executable
-        variables = model.init(rng, dummy, train=False)
+    # Created replicated across every process's devices, not put there afterwards:
+    # `device_put` of a host value onto a multi-process mesh first checks, with a
+    # cross-process all-gather, that every process holds the same value.
+    @functools.partial(jax.jit, out_shardings=parallel.replicated(mesh))
+    def init(seed):  # an argument, so every seed shares one executable
+        # XLA:CPU takes ~10x longer to compile threefry than rbg for a model's init.
+        variables = model.init(jax.random.key(seed, impl='rbg'), dummy, train=False)
         params = variables.pop('params')
         return TrainState(
             step=jnp.zeros((), jnp.int32),
@@ -205,9 +210,7 @@ def init_state(config, model, tx, mesh, image_shape) -> TrainState:
             model_state=dict(variables),
         )
 
-    # XLA:CPU takes ~10x longer to compile threefry than rbg for a model's init.
-    state = init(jax.random.key(config.seed, impl='rbg'))
-    return jax.device_put(state, parallel.replicated(mesh))
+    return init(np.int32(config.seed))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:

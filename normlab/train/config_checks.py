@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 
 import ml_collections
 
@@ -87,7 +88,8 @@ def check_workdir(workdir: str) -> None:
         raise ConfigError(f'workdir={workdir!r} is a file, not a directory')
     try:
         os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, '.write_test')
+        # One probe per process: the processes of a multi-host run share the workdir.
+        probe = os.path.join(workdir, f'.write_test.{socket.gethostname()}.{os.getpid()}')
         with open(probe, 'w') as f:
             f.write('')
         os.remove(probe)

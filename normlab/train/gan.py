@@ -194,7 +194,7 @@ def validate(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 def init_state(config, generator, discriminator, g_tx, d_tx, mesh) -> GANState:
     init = functools.partial(initial_state, config, generator, discriminator, g_tx, d_tx)
-    return jax.device_put(run_init(init), parallel.replicated(mesh))
+    return run_init(init, parallel.replicated(mesh))
 
 
 def run_tags(config) -> list[str]:

@@ -15,7 +15,13 @@ from collections.abc import Callable
 import jax
 
 
-def run_init(fn: Callable[[], object]):
-    """``jax.jit(fn)()``, compiled without backend optimizations on CPU."""
+def run_init(fn: Callable[[], object], out_shardings=None):
+    """``jax.jit(fn, out_shardings=...)()``, compiled without backend optimizations on CPU.
+
+    With `out_shardings` (e.g. replicated over a multi-process mesh) the result is
+    created where it belongs, without the cross-process equality check that a
+    `device_put` of a host value onto a multi-process mesh runs.
+    """
     options = {'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else {}
-    return jax.jit(fn).lower().compile(compiler_options=options)()
+    jitted = jax.jit(fn, out_shardings=out_shardings)
+    return jitted.lower().compile(compiler_options=options)()
