@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -98,6 +99,42 @@ def test_same_seed_same_summary_and_offline_wandb_run(tmp_path):
     ]
     assert any('train/loss' in h for h in history)
     assert any(h.get('eval/error') == pytest.approx(a['eval/error']) for h in history)
+
+
+def test_cpu_fusion_off_reaches_the_compiled_step_and_changes_no_number(tmp_path):
+    import numpy as np
+
+    from normlab import parallel
+    from normlab.train import optim, steps
+
+    c = digits_config(xla_cpu_fusion=False)
+    assert steps.compiler_options(c) == {'xla_disable_hlo_passes': 'fusion'}
+    assert steps.compiler_options(digits_config()) is None
+    model, mesh = classifier.build_model(c, 10), parallel.data_mesh()
+    tx = optim.make_optimizer(c, optim.schedule(c, 10, 10))
+    state = classifier.init_state(c, model, tx, mesh, (8, 8, 1))
+    n = c.batch_size
+    batch = parallel.global_batch(
+        mesh,
+        {
+            'image': np.zeros((n, 8, 8, 1), np.float32),
+            'label': np.zeros(n, np.int32),
+            'mask': np.ones(n, np.float32),
+        },
+    )
+    for config, fused in ((c, False), (digits_config(), True)):
+        step = steps.make_train_step(
+            model, tx, mesh, lambda s: 0.1, options=steps.compiler_options(config)
+        )
+        hlo = step.lower(state, batch).compile().as_text()
+        # Fusions XLA's pass makes are named after their ops (`add_multiply_fusion`);
+        # without it only single wrapped ops and library (YNNPACK) fusions remain.
+        names = set(re.findall(r'%([a-z_]+_fusion)[.\d]* = ', hlo)) - {'ynn_fusion'}
+        assert bool(names) == fused, names
+    off = classifier.train_and_evaluate(c, str(tmp_path / 'off'))
+    on = classifier.train_and_evaluate(digits_config(), str(tmp_path / 'on'))
+    assert off['eval/error'] == pytest.approx(on['eval/error'], abs=1 / 360)
+    assert off['train/loss'] == pytest.approx(on['train/loss'], rel=1e-4)
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ from normlab.train.checkpointing import Checkpointer
 from normlab.train.progress import Progress
 from normlab.train.steps import (
     TrainState,
+    compiler_options,
     make_eval_step,
     make_intermediates_step,
     make_moments_step,
@@ -254,7 +255,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         wandb_run.mode,
     )
 
-    train_step = make_train_step(model, tx, mesh, lr_fn)
+    train_step = make_train_step(model, tx, mesh, lr_fn, options=compiler_options(config))
     evaluate = Evaluator(config, model, mesh, data_kwargs)
     train_batches = data.train_iterator(
         config.dataset,

@@ -54,7 +54,25 @@ def _sums(logits, labels, mask):
     return jnp.sum(ce * mask), jnp.sum(correct * mask), jnp.sum(mask)
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh, lr_fn):
+def compiler_options(config) -> dict | None:
+    """XLA options of a config's train step: ``xla_cpu_fusion=False`` on CPU only."""
+    if config.get('xla_cpu_fusion', True) or jax.default_backend() != 'cpu':
+        return None
+    # Without the pass XLA:CPU stops recomputing each residual stage's norm-add-ReLU
+    # chain inside the transposes that feed the weight-gradient convolutions.
+    return {'xla_disable_hlo_passes': 'fusion'}
+
+
+def make_train_step(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+    lr_fn,
+    *,
+    options: dict | None = None,
+):
+    """The jitted ``(state, batch) -> (state, metrics)`` step; `options` go to XLA."""
+
     def step(state: TrainState, batch):
         mask = batch['mask']
         count = lax.psum(jnp.sum(mask), DATA_AXIS)
@@ -89,7 +107,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mesh: Me
         return new, metrics
 
     sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=(P(), P()))
-    return jax.jit(sharded, donate_argnums=0)
+    return jax.jit(sharded, donate_argnums=0, compiler_options=options)
 
 
 def make_eval_step(model: nn.Module, mesh: Mesh, *, batch_statistics: bool = False):
