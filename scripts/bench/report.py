@@ -82,10 +82,55 @@ def norms(result: dict) -> str:
     return _table(header, rows)
 
 
+def convs(part: dict) -> str:
+    rows = [
+        [
+            'x'.join(map(str, r['shape'])),
+            r['pass'],
+            f'{r["xla_default_ms"]:.1f}',
+            f'{r["no_ynn_conv_ms"]:.1f}',
+            f'{r["torch_ms"]:.1f}',
+            f'{r["no_ynn_conv_ms"] / r["torch_ms"]:.2f}',
+        ]
+        for r in part['rows']
+    ]
+    header = ['input', 'pass', 'XLA default ms', 'no_ynn_conv ms', 'torch ms', 'no_ynn_conv/torch']
+    load = f'load {part["load_before"][0]} -> {part["load_after"][0]}'
+    return f'**convs** ({load})\n\n' + _table(header, rows)
+
+
+def conv_attempts(part: dict) -> str:
+    rows = [[r['name'], f'{r["ms"]:.1f}', f'{r["vs_eigen"]:.2f}'] for r in part['rows']]
+    load = f'load {part["load_before"][0]} -> {part["load_after"][0]}'
+    return f'**conv_attempts** ({load})\n\n' + _table(['weight gradient', 'ms', 'x Eigen'], rows)
+
+
+def fusion(part: dict) -> str:
+    rows = [
+        [
+            r['case'],
+            f'{r["fusion_ms"]:.2f}',
+            f'{r["no_fusion_ms"]:.2f}',
+            f'{r["no_fusion_speed"]:.2f}',
+            f'{r["no_fusion_cpu_speed"]:.2f}',
+        ]
+        for r in part['rows']
+    ]
+    header = ['train step', 'fusion ms', 'no fusion ms', 'speed without fusion', 'same, CPU time']
+    load = f'load {part["load_before"][0]} -> {part["load_after"][0]}'
+    return f'**fusion** ({load})\n\n' + _table(header, rows)
+
+
+EXTRA_PARTS = {'convs': convs, 'conv_attempts': conv_attempts, 'fusion': fusion}
+
+
 def training(result: dict) -> str:
     out = []
-    for part in ('resnet20', 'digits_cnn', 'attempts'):
+    for part in ('resnet20', 'digits_cnn', 'attempts', 'convs', 'conv_attempts', 'fusion'):
         if part not in result:
+            continue
+        if part in EXTRA_PARTS:
+            out.append(EXTRA_PARTS[part](result[part]))
             continue
         rows = []
         for r in result[part]['rows']:

@@ -17,7 +17,11 @@ apart, from a cold cache (the persistent compilation cache is off here).
   XLA:CPU options and precisions that were tried, for BENCHMARKS.md;
 * ``convs``: the three convolutions of a training step (forward, input gradient,
   weight gradient) at ResNet-20's three stage shapes, XLA:CPU's YNNPACK and Eigen
-  kernels against PyTorch's oneDNN ones: where the rest of the gap is.
+  kernels against PyTorch's oneDNN ones: where the rest of the gap is;
+* ``conv_attempts`` (not with ``--quick``): the 16-channel weight gradient through
+  XLA:CPU's other convolution libraries and as matrix products;
+* ``fusion`` (not with ``--quick``): train steps of the digits MLP and CNN and of
+  ResNet-20 with and without XLA:CPU's fusion pass (``config.xla_cpu_fusion``).
 
     python -m scripts.bench.training [--quick] [--out FILE]
 """
@@ -59,6 +63,22 @@ ATTEMPTS = {
     'no_ynn_conv+no_fusion+bfloat16': ({'dtype': 'bfloat16'}, BEST),
     'no_ynn_conv+bfloat16': ({'dtype': 'bfloat16'}, NO_YNN_CONV),
     'no_ynn_conv+no_norm': ({'norm__name': 'none'}, NO_YNN_CONV),
+    'onednn_conv': (
+        {},
+        {
+            **NO_YNN_CONV,
+            'xla_cpu_experimental_onednn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION',
+            'xla_cpu_use_onednn': True,
+        },
+    ),
+    'onednn_conv+no_fusion': (
+        {},
+        {
+            **BEST,
+            'xla_cpu_experimental_onednn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION',
+            'xla_cpu_use_onednn': True,
+        },
+    ),
 }
 
 
@@ -313,12 +333,123 @@ def convs(args) -> list[dict]:
     return rows
 
 
+# Other ways to get ResNet-20's slowest convolution, tried against Eigen's.
+CONV_LIBRARIES = {
+    'xnnpack': {
+        'xla_cpu_experimental_xnn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION'
+    },
+    'onednn': {
+        'xla_cpu_experimental_onednn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION',
+        'xla_cpu_use_onednn': True,
+    },
+    'onednn_custom_call': {
+        'xla_cpu_experimental_onednn_custom_call': True,
+        'xla_cpu_use_onednn': True,
+    },
+}
+
+
+def conv_attempts(args) -> list[dict]:
+    """The 16-channel weight gradient (the largest gap to PyTorch) computed other ways."""
+    size, channels = CONV_STAGES[0]
+    base = _conv_contenders(size, channels)
+    contenders = {
+        'eigen (no_ynn_conv)': base['jax weight_grad [no_ynn_conv]'],
+        'torch': base['torch forward+weight_grad'],
+        'torch forward': base['torch forward'],
+    }
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(128, size, size, channels)).astype(np.float32)
+    dy = rng.normal(size=x.shape).astype(np.float32)
+    w = np.zeros((3, 3, channels, channels), np.float32)
+    dn = ('NHWC', 'HWIO', 'NHWC')
+
+    def conv_wgrad(x, w, dy):
+        conv = lambda w: lax.conv_general_dilated(x, w, (1, 1), 'SAME', dimension_numbers=dn)
+        return jax.vjp(conv, w)[1](dy)[0]
+
+    def nine_dots(x, w, dy):  # one (N*H*W)-long contraction per kernel tap
+        xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        taps = [
+            lax.dot_general(
+                xp[:, i : i + size, j : j + size], dy, (((0, 1, 2), (0, 1, 2)), ((), ()))
+            )
+            for i in range(3)
+            for j in range(3)
+        ]
+        return jnp.stack(taps).reshape(w.shape)
+
+    def patches_matmul(x, w, dy):  # im2col: the patches are 9x the activation
+        p = lax.conv_general_dilated_patches(x, (3, 3), (1, 1), 'SAME', dimension_numbers=dn)
+        g = lax.dot_general(p, dy, (((0, 1, 2), (0, 1, 2)), ((), ())))
+        return g.reshape(channels, 3, 3, channels).transpose(1, 2, 0, 3)
+
+    fns = {name: (conv_wgrad, {**NO_YNN_CONV, **xla}) for name, xla in CONV_LIBRARIES.items()}
+    fns['nine dot_generals'] = (nine_dots, NO_YNN_CONV)
+    fns['patches + one matmul'] = (patches_matmul, NO_YNN_CONV)
+    reference = np.asarray(jax.jit(conv_wgrad)(x, w, dy))
+    for name, (fn, xla) in fns.items():
+        compiled = jax.jit(fn).lower(x, w, dy).compile(compiler_options=xla)
+        np.testing.assert_allclose(compiled(x, w, dy), reference, rtol=1e-3, atol=1e-2)
+        contenders[name] = lambda c=compiled: jax.block_until_ready(c(x, w, dy))
+    samples = common.alternate(contenders, rounds=args.rounds * 2, budget_s=args.budget_s / 4)
+    ms = {k: 1e3 * v.summary()['wall_s'] for k, v in samples.items()}
+    ms['torch'] -= ms.pop('torch forward')
+    rows = []
+    for name, value in ms.items():
+        rows.append({'name': name, 'ms': value, 'vs_eigen': value / ms['eigen (no_ynn_conv)']})
+        print(f'  {name:24s} {value:7.1f} ms  x{rows[-1]["vs_eigen"]:.2f} of Eigen', flush=True)
+    return rows
+
+
+# Models on which XLA:CPU's fusion pass was measured (config module, argument, input).
+FUSION_CASES = {
+    'digits_mlp batch 2': ('digits_mlp', 'norm=batch_norm,batch_size=2', (8, 8, 1), 50),
+    'digits_mlp batch 64': ('digits_mlp', 'norm=batch_norm,batch_size=64', (8, 8, 1), 50),
+    'digits_cnn batch 32': ('digits_cnn', 'norm=batch_norm', (8, 8, 1), 20),
+    'resnet20 batch 128': ('cifar10_resnet20', 'norm=batch_norm,batch_size=128', (32, 32, 3), 1),
+}
+
+
+def fusion(args) -> list[dict]:
+    """Train steps with and without XLA:CPU's fusion pass (`config.xla_cpu_fusion`)."""
+    import importlib
+
+    rows = []
+    for case, (module, arg, shape, inner) in FUSION_CASES.items():
+        config = importlib.import_module(f'configs.{module}')
+        contenders = {
+            'fusion': JaxStep(config, arg, shape, xla=NO_YNN_CONV, inner=inner),
+            'no_fusion': JaxStep(config, arg, shape, xla=BEST, inner=inner),
+        }
+        samples = common.alternate(contenders, rounds=args.rounds, budget_s=args.budget_s / 8)
+        row = {
+            'case': case,
+            'fusion_ms': 1e3 * samples['fusion'].summary()['wall_s'] / inner,
+            'no_fusion_ms': 1e3 * samples['no_fusion'].summary()['wall_s'] / inner,
+            'no_fusion_speed': 1.0 / common.paired_ratio(samples, 'no_fusion', 'fusion'),
+            'no_fusion_cpu_speed': 1.0 / common.paired_ratio(samples, 'no_fusion', 'fusion', 'cpu'),
+        }
+        rows.append(row)
+        print(
+            f'  {case:22s} fusion {row["fusion_ms"]:7.2f} ms  '
+            f'no fusion {row["no_fusion_ms"]:7.2f} ms  '
+            f'speed without fusion x{row["no_fusion_speed"]:.2f}',
+            flush=True,
+        )
+    return rows
+
+
+PARTS = ('resnet20', 'digits_cnn', 'attempts', 'convs', 'conv_attempts', 'fusion')
+NOT_QUICK = ('attempts', 'conv_attempts', 'fusion')
+
+
 def run(args) -> dict:
     out = {'benchmark': 'training', 'description': __doc__.splitlines()[0]}
-    for part in ('resnet20', 'digits_cnn', 'attempts', 'convs'):
+    for part in PARTS:
         if args.parts and part not in args.parts.split(','):
             continue
-        if part == 'attempts' and args.quick:
+        if part in NOT_QUICK and args.quick:
             continue
         print(f'{part}:', flush=True)
         out[part] = {'load_before': common.load()}
@@ -329,7 +460,7 @@ def run(args) -> dict:
 
 def add_args(parser) -> None:
     parser.add_argument(
-        '--parts', default='', help='resnet20,digits_cnn,attempts,convs (default all)'
+        '--parts', default='', help=f'comma list of {",".join(PARTS)} (default all)'
     )
     parser.add_argument('--attempts', default='', help='comma list of ATTEMPTS names (default all)')
     parser.add_argument('--rounds', type=int, default=8)
