@@ -100,8 +100,9 @@ def layer_fns(module: nn.Module, x, stateful: bool):
 
 def floor_fns(x, features: int):
     """The elementwise floor ``y = x * a + b`` (per-feature a, b), train and eval."""
-    a = jnp.ones((features,), jnp.float32)
-    b = jnp.zeros((features,), jnp.float32)
+    shape = (1,) * (x.ndim - 1) + (features,)
+    a = jnp.ones(shape, jnp.float32)
+    b = jnp.zeros(shape, jnp.float32)
 
     def affine(a, b, x):
         return (x * a + b).astype(x.dtype)
