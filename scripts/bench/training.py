@@ -29,6 +29,8 @@ apart, from a cold cache (the persistent compilation cache is off here).
 from __future__ import annotations
 
 import functools
+import importlib
+import importlib.util
 import time
 
 import jax
@@ -413,8 +415,6 @@ FUSION_CASES = {
 
 def fusion(args) -> list[dict]:
     """Train steps with and without XLA:CPU's fusion pass (`config.xla_cpu_fusion`)."""
-    import importlib
-
     rows = []
     for case, (module, arg, shape, inner) in FUSION_CASES.items():
         config = importlib.import_module(f'configs.{module}')
@@ -445,6 +445,11 @@ NOT_QUICK = ('attempts', 'conv_attempts', 'fusion')
 
 
 def run(args) -> dict:
+    if importlib.util.find_spec('torch') is None:
+        raise SystemExit(
+            'error: the training benchmark compares with PyTorch, which is not installed: '
+            "`make bench` or `pip install -e '.[bench]'` (torch==2.13.0, CPU)"
+        )
     out = {'benchmark': 'training', 'description': __doc__.splitlines()[0]}
     for part in PARTS:
         if args.parts and part not in args.parts.split(','):
