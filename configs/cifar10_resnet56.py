@@ -27,7 +27,7 @@ def get_config(arg=None):
     c.eval_batch_size = 1000
     c.eval_every_steps = 5000
     c.checkpoint_every_steps = 2000
-    c.xla_cpu_fusion = False  # 1.2x faster on CPU (BENCHMARKS.md); GPU/TPU unaffected
+    c.xla_cpu_fusion = False  # 1.1-1.3x faster on CPU (BENCHMARKS.md); GPU/TPU unaffected
     if arg.smoke:
         c.model_options = {'width': 4}
         c.norm.num_groups = 4

@@ -90,8 +90,8 @@ def classifier_config() -> ml_collections.ConfigDict:
     c.record_preactivations = False
 
     # XLA:CPU's producer-consumer fusion for the train step. Off, ResNet-20 trains
-    # 1.2x faster on CPU and an MLP 1.7x slower (BENCHMARKS.md); other backends
-    # always fuse.
+    # 1.1-1.3x faster on CPU and a small MLP 1.5x slower (BENCHMARKS.md); other
+    # backends always fuse.
     c.xla_cpu_fusion = True
 
     c.log_every_steps = 50
