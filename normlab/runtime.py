@@ -10,7 +10,7 @@ CACHE_DIR = os.environ.get(
     'NORMLAB_COMPILATION_CACHE', os.path.join(os.path.expanduser('~'), '.cache', 'normlab', 'xla')
 )
 # jaxlib 0.10's XLA:CPU runs convolutions through YNNPACK, whose kernels are slower than
-# Eigen's on AVX2 CPUs: CIFAR ResNet-20 trains 1.4x faster without it and its
+XX
 # weight-gradient convolutions 3-4x (BENCHMARKS.md, section 2). CPU-only flags: other
 # backends ignore them. A value the user put in XLA_FLAGS wins.
 CPU_XLA_FLAGS = {'--xla_cpu_experimental_ynn_fusion_type': '-individual_convolution'}
