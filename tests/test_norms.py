@@ -484,6 +484,21 @@ def test_cross_device_evonorm_b0_equals_the_concatenated_batch():
     np.testing.assert_allclose(s['batch_stats']['var'], s_ref['batch_stats']['var'], rtol=1e-5)
 
 
+@pytest.mark.parametrize(
+    'module',
+    [norms.FilterResponseNorm(), norms.EvoNormB0(use_running_average=False)],
+    ids=['frn', 'evonorm_b0'],
+)
+def test_response_norms_keep_nan_so_a_diverging_run_stops(module):
+    x = rand((2, 3, 3, 4))
+    v = module.init(KEY, x)
+    y, _ = module.apply(v, x.at[0, 0, 0, 0].set(jnp.nan), mutable=['batch_stats'])
+    assert bool(jnp.isnan(y[0, 0, 0, 0]))
+    bad = jax.tree.map(lambda a: a.at[0].set(jnp.nan) if a.ndim else a, v['params'])
+    y, _ = module.apply({**v, 'params': bad}, x, mutable=['batch_stats'])
+    assert bool(jnp.any(jnp.isnan(y)))
+
+
 def test_tlu_gradient_at_a_tie_goes_to_tau():
     dz, dtau = jax.grad(lambda z, t: jnp.sum(tlu(z, t)), (0, 1))(jnp.ones(3), jnp.ones(3))
     np.testing.assert_array_equal(dz, 0.0)

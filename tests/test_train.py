@@ -101,6 +101,22 @@ def test_same_seed_same_summary_and_offline_wandb_run(tmp_path):
     assert any(h.get('eval/error') == pytest.approx(a['eval/error']) for h in history)
 
 
+def test_init_takes_any_seed_and_seeds_decide_the_weights():
+    from normlab import parallel
+    from normlab.train import optim
+
+    c = digits_config()
+    model, mesh = classifier.build_model(c, 10), parallel.data_mesh()
+    tx = optim.make_optimizer(c, optim.schedule(c, 10, 10))
+    states = []
+    for seed in (0, 2**31 + 5, 0):  # past int32
+        c.seed = seed
+        states.append(classifier.init_state(c, model, tx, mesh, (8, 8, 1)).params)
+    leaves = [jax.tree.leaves(p) for p in states]
+    assert all((a == b).all() for a, b in zip(leaves[0], leaves[2], strict=True))
+    assert any((a != b).any() for a, b in zip(leaves[0], leaves[1], strict=True))
+
+
 def test_cpu_fusion_off_reaches_the_compiled_step_and_changes_no_number(tmp_path):
     import numpy as np
 

@@ -155,7 +155,12 @@ def moments(
       `Moments` whose arrays have `x`'s rank with size-1 reduced axes.
     """
     x = x.astype(dtype)
-    if feature_groups is not None and (x.ndim - 1 in axes or x.shape[-1] % feature_groups):
+    if feature_groups is not None and (
+        not isinstance(feature_groups, int)
+        or feature_groups <= 0
+        or x.ndim - 1 in axes
+        or x.shape[-1] % feature_groups
+    ):
         raise ValueError(
             f'feature_groups={feature_groups} needs a last axis outside axes={tuple(axes)} '
             f'whose size ({x.shape[-1]}) it divides'

@@ -33,18 +33,20 @@ def tlu(z: jax.Array, tau: jax.Array) -> jax.Array:
     Its tangent is written ``t_tau + where(z > tau, t_z - t_tau, 0)`` so that the
     backward masks ``dy`` once and gets tau's gradient as ``sum(dy) - sum(masked)``;
     `jnp.maximum`'s derivative (which also splits ties) makes XLA:CPU write two
-    masked copies of ``dy`` and recompute the mask in each (FRN's backward 1.4x
-    slower). At a tie the gradient goes to tau.
+    masked copies of ``dy`` and recompute the mask in each (FRN's backward 2x
+    slower, BENCHMARKS.md). At a tie the gradient goes to tau. tau's gradient, a
+    difference of two sums, carries float32 rounding of ``sum(dy)`` (~1e-7
+    relative to it). The value is `jnp.maximum`'s, so a NaN on either side
+    stays NaN and a diverging run still stops.
     """
-    return jnp.where(z > tau, z, tau)
+    return jnp.maximum(z, tau)
 
 
 @tlu.defjvp
 def _tlu_jvp(primals, tangents):
     z, tau = primals
     t_z, t_tau = tangents
-    above = z > tau
-    return jnp.where(above, z, tau), t_tau + jnp.where(above, t_z - t_tau, 0.0)
+    return jnp.maximum(z, tau), t_tau + jnp.where(z > tau, t_z - t_tau, 0.0)
 
 
 class FilterResponseNorm(nn.Module):
@@ -146,8 +148,8 @@ class EvoNormB0(nn.Module):
                 ra_var.value = F.ema(ra_var.value, batch_var.reshape(feature_shape), self.momentum)
         batch_std = jnp.sqrt(batch_var + self.epsilon)
         inst_term = v * xf + jnp.sqrt(inst.var + self.epsilon)
-        # where, not jnp.maximum: one comparison in the backward instead of two.
-        y = xf / jnp.where(inst_term > batch_std, inst_term, batch_std)
+        # tlu, not jnp.maximum: one comparison in the backward instead of two.
+        y = xf / tlu(inst_term, batch_std)
         y = y * scale if scale is not None else y
         y = y + bias if bias is not None else y
         return y.astype(output_dtype(x, scale, bias, self.dtype))

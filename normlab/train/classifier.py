@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 from flax import traverse_util
+from jax.experimental import multihost_utils
 
 from normlab import data, models, norms, parallel
 from normlab.logging import RunFiles, WandbRun
@@ -197,12 +198,13 @@ def init_state(config, model, tx, mesh, image_shape) -> TrainState:
     dummy = jnp.zeros((2, *image_shape), jnp.float32)
 
     # Created replicated across every process's devices, not put there afterwards:
-    # `device_put` of a host value onto a multi-process mesh first checks, with a
-    # cross-process all-gather, that every process holds the same value.
+    # `device_put` of a host value onto a multi-process mesh runs a cross-process
+    # all-gather of the whole state to check that every process holds the same one.
     @functools.partial(jax.jit, out_shardings=parallel.replicated(mesh))
-    def init(seed):  # an argument, so every seed shares one executable
+    def init(key_data):  # an argument, so every seed shares one executable
         # XLA:CPU takes ~10x longer to compile threefry than rbg for a model's init.
-        variables = model.init(jax.random.key(seed, impl='rbg'), dummy, train=False)
+        key = jax.random.wrap_key_data(key_data, impl='rbg')
+        variables = model.init(key, dummy, train=False)
         params = variables.pop('params')
         return TrainState(
             step=jnp.zeros((), jnp.int32),
@@ -211,7 +213,10 @@ def init_state(config, model, tx, mesh, image_shape) -> TrainState:
             model_state=dict(variables),
         )
 
-    return init(np.int32(config.seed))
+    key_data = np.asarray(jax.random.key_data(jax.random.key(config.seed, impl='rbg')))
+    if jax.process_count() > 1:  # the one thing that must agree: the seed, checked cheaply
+        multihost_utils.assert_equal(key_data, f'seed={config.seed} differs between processes')
+    return init(key_data)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
