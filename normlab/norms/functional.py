@@ -27,6 +27,7 @@ choose axes and own variables, then call these. Three ideas set them apart from
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
@@ -166,12 +167,9 @@ def moments(
             f'whose size ({x.shape[-1]}) it divides'
         )
 
-    def reduce(v):
-        return _feature_group_sum(_staged_sum(v, axes), feature_groups)
-
     if mask is not None:
         weights = jnp.broadcast_to(mask, x.shape).astype(dtype)
-        count = reduce(weights)
+        count = _reduce(weights, axes, feature_groups)
     else:
         weights = None
         per_feature = x.shape[-1] // feature_groups if feature_groups else 1
@@ -189,7 +187,7 @@ def moments(
         return tuple(total[i] for i in range(len(sums)))
 
     def wsum(v):
-        return reduce(v if weights is None else v * weights)
+        return _reduce(v if weights is None else v * weights, axes, feature_groups)
 
     if not use_mean:
         count, sq = pooled(count, wsum(lax.square(x)))
@@ -274,8 +272,9 @@ def _centered_sum_of_squares(x, mean, weights, axes, feature_groups=None):
     stay exact.
     """
     d = x - mean
-    sq = lax.square(d) if weights is None else weights * lax.square(d)
-    return _feature_group_sum(_staged_sum(sq, axes), feature_groups)
+    return _reduce(
+        lax.square(d) if weights is None else weights * lax.square(d), axes, feature_groups
+    )
 
 
 @_centered_sum_of_squares.defjvp
@@ -284,11 +283,12 @@ def _centered_sum_of_squares_jvp(axes, feature_groups, primals, tangents):
     tx = tangents[0]
     d = x - mean
     wd = d if weights is None else weights * d
+    return _reduce(wd * d, axes, feature_groups), _reduce(2.0 * wd * tx, axes, feature_groups)
 
-    def reduce(v):
-        return _feature_group_sum(_staged_sum(v, axes), feature_groups)
 
-    return reduce(wd * d), reduce(2.0 * wd * tx)
+def _reduce(v: jax.Array, axes: Sequence[int], feature_groups: int | None) -> jax.Array:
+    """The sums every statistic of `moments` is made of: over `axes`, then feature blocks."""
+    return _feature_group_sum(_staged_sum(v, axes), feature_groups)
 
 
 def _feature_group_sum(v: jax.Array, groups: int | None) -> jax.Array:
@@ -321,18 +321,8 @@ def _staged_sum(v: jax.Array, axes: Sequence[int]) -> jax.Array:
     return jnp.sum(partial, tuple(runs[-1]), keepdims=True)
 
 
-def _size(shape: Sequence[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
 def _static_count(shape: Sequence[int], axes: Sequence[int]) -> int:
-    n = 1
-    for a in axes:
-        n *= shape[a]
-    return n
+    return math.prod(shape[a] for a in axes)
 
 
 def _first_element(x: jax.Array, axes: Sequence[int], groups: int | None = None) -> jax.Array:
@@ -373,8 +363,8 @@ def normalize(
     transpose, the backward pass, sums ``dy`` and ``dy * (x - mean)`` once
     per statistic and folds the per-feature factors in afterwards, where
     autodiff of the expression above would also sum ``dy * mul`` and write it
-    out full-size (BENCHMARKS.md: a layer's forward + backward is 1.2-1.5x
-    faster on CPU). Forward- and reverse-mode autodiff both work.
+    out full-size (the norm layers' training rows in BENCHMARKS.md, section 1).
+    Forward- and reverse-mode autodiff both work.
     """
     operands = {'x': x, 'var': var}
     if not isinstance(mean, int | float):
@@ -417,7 +407,7 @@ def _normalize_jvp(epsilon: float, primals, tangents):
         return y, None
     (t,) = tangents
     d_rstd = -0.5 * rstd * rstd * rstd * t['var']
-    if scale is not None and _size(mul.shape) >= _size(xc.shape):
+    if scale is not None and math.prod(mul.shape) >= math.prod(xc.shape):
         # Per-token LayerNorm / RMSNorm: statistics and scale together span x.
         t_xhat = t['x'] * rstd + xc * d_rstd
         if 'mean' in p:
@@ -426,7 +416,7 @@ def _normalize_jvp(epsilon: float, primals, tangents):
         return y, ty + t['bias'] if 'bias' in p else ty
     # A distinct copy of a per-statistic factor: if the backward's dy * mul shares
     # the forward's broadcast of it, XLA:CPU writes that broadcast out full-size.
-    mul_t = lax.optimization_barrier(mul) if _size(mul.shape) < _size(xc.shape) else mul
+    mul_t = lax.optimization_barrier(mul) if math.prod(mul.shape) < math.prod(xc.shape) else mul
     ty = t['x'] * mul_t
     if scale is None:
         ty = ty + xc * d_rstd
@@ -440,7 +430,9 @@ def _normalize_jvp(epsilon: float, primals, tangents):
     terms = [-t['mean'] * mul_t] if 'mean' in p else []
     if 'bias' in p:
         terms.append(t['bias'])
-    if len(terms) == 2 and _size(jnp.broadcast_shapes(*(a.shape for a in terms))) < _size(xc.shape):
+    if len(terms) == 2 and math.prod(jnp.broadcast_shapes(*(a.shape for a in terms))) < math.prod(
+        xc.shape
+    ):
         terms = [terms[0] + terms[1]]
     for term in terms:
         ty = ty + term

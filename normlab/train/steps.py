@@ -56,7 +56,7 @@ def _sums(logits, labels, mask):
 
 def compiler_options(config) -> dict | None:
     """XLA options of a config's train step: ``xla_cpu_fusion=False`` on CPU only."""
-    if config.get('xla_cpu_fusion', True) or jax.default_backend() != 'cpu':
+    if config.xla_cpu_fusion or jax.default_backend() != 'cpu':
         return None
     # Without the pass XLA:CPU stops recomputing each residual stage's norm-add-ReLU
     # chain inside the transposes that feed the weight-gradient convolutions.
