@@ -82,6 +82,12 @@ def norms(result: dict) -> str:
     return _table(header, rows)
 
 
+def _part(name: str, part: dict, header: list[str], rows: list[list]) -> str:
+    """A titled table of one part of the training benchmark, with its load."""
+    load = f'load {part["load_before"][0]} -> {part["load_after"][0]}'
+    return f'**{name}** ({load})\n\n' + _table(header, rows)
+
+
 def convs(part: dict) -> str:
     rows = [
         [
@@ -95,14 +101,12 @@ def convs(part: dict) -> str:
         for r in part['rows']
     ]
     header = ['input', 'pass', 'XLA default ms', 'no_ynn_conv ms', 'torch ms', 'no_ynn_conv/torch']
-    load = f'load {part["load_before"][0]} -> {part["load_after"][0]}'
-    return f'**convs** ({load})\n\n' + _table(header, rows)
+    return _part('convs', part, header, rows)
 
 
 def conv_attempts(part: dict) -> str:
     rows = [[r['name'], f'{r["ms"]:.1f}', f'{r["vs_eigen"]:.2f}'] for r in part['rows']]
-    load = f'load {part["load_before"][0]} -> {part["load_after"][0]}'
-    return f'**conv_attempts** ({load})\n\n' + _table(['weight gradient', 'ms', 'x Eigen'], rows)
+    return _part('conv_attempts', part, ['weight gradient', 'ms', 'x Eigen'], rows)
 
 
 def fusion(part: dict) -> str:
@@ -117,8 +121,7 @@ def fusion(part: dict) -> str:
         for r in part['rows']
     ]
     header = ['train step', 'fusion ms', 'no fusion ms', 'speed without fusion', 'same, CPU time']
-    load = f'load {part["load_before"][0]} -> {part["load_after"][0]}'
-    return f'**fusion** ({load})\n\n' + _table(header, rows)
+    return _part('fusion', part, header, rows)
 
 
 EXTRA_PARTS = {'convs': convs, 'conv_attempts': conv_attempts, 'fusion': fusion}
@@ -165,8 +168,7 @@ def training(result: dict) -> str:
             f'speed vs {baseline}' if baseline else 'speed',
             'same, CPU time',
         ]
-        load = f'load {result[part]["load_before"][0]} -> {result[part]["load_after"][0]}'
-        out.append(f'**{part}** ({load})\n\n' + _table(header, rows))
+        out.append(_part(part, result[part], header, rows))
     return '\n\n'.join(out)
 
 

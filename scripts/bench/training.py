@@ -53,6 +53,20 @@ NO_YNN_CONV = {
 NO_FUSION = {'xla_disable_hlo_passes': 'fusion'}
 BEST = {**NO_YNN_CONV, **NO_FUSION}
 XLA_VARIANTS = {'default': {}, 'no_ynn_conv': NO_YNN_CONV, 'no_ynn_conv+no_fusion': BEST}
+# Other ways to get ResNet-20's slowest convolution, tried against Eigen's.
+CONV_LIBRARIES = {
+    'xnnpack': {
+        'xla_cpu_experimental_xnn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION'
+    },
+    'onednn': {
+        'xla_cpu_experimental_onednn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION',
+        'xla_cpu_use_onednn': True,
+    },
+    'onednn_custom_call': {
+        'xla_cpu_experimental_onednn_custom_call': True,
+        'xla_cpu_use_onednn': True,
+    },
+}
 # Tried on ResNet-20 + BatchNorm (model options, XLA options).
 ATTEMPTS = {
     'default': ({}, {}),
@@ -65,22 +79,8 @@ ATTEMPTS = {
     'no_ynn_conv+no_fusion+bfloat16': ({'dtype': 'bfloat16'}, BEST),
     'no_ynn_conv+bfloat16': ({'dtype': 'bfloat16'}, NO_YNN_CONV),
     'no_ynn_conv+no_norm': ({'norm__name': 'none'}, NO_YNN_CONV),
-    'onednn_conv': (
-        {},
-        {
-            **NO_YNN_CONV,
-            'xla_cpu_experimental_onednn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION',
-            'xla_cpu_use_onednn': True,
-        },
-    ),
-    'onednn_conv+no_fusion': (
-        {},
-        {
-            **BEST,
-            'xla_cpu_experimental_onednn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION',
-            'xla_cpu_use_onednn': True,
-        },
-    ),
+    'onednn_conv': ({}, {**NO_YNN_CONV, **CONV_LIBRARIES['onednn']}),
+    'onednn_conv+no_fusion': ({}, {**BEST, **CONV_LIBRARIES['onednn']}),
 }
 
 
@@ -259,72 +259,89 @@ def attempts(args) -> list[dict]:
 CONV_STAGES = ((32, 16), (16, 32), (8, 64))
 
 
-def _conv_contenders(size: int, channels: int, batch: int = 128) -> dict:
-    """Forward, input-gradient and weight-gradient convolutions: JAX (two kernel
-    libraries) and PyTorch (channels-last, its autograd kernels), same shapes."""
-    import torch
+CONV_DIMS = ('NHWC', 'HWIO', 'NHWC')
 
+
+def _conv(x, w):
+    return lax.conv_general_dilated(x, w, (1, 1), 'SAME', dimension_numbers=CONV_DIMS)
+
+
+# The three convolutions of a training step, as functions of (x, w, dy).
+CONV_PASSES = {
+    'forward': lambda x, w, dy: _conv(x, w),
+    'input_grad': lambda x, w, dy: jax.vjp(lambda x: _conv(x, w), x)[1](dy)[0],
+    'weight_grad': lambda x, w, dy: jax.vjp(lambda w: _conv(x, w), w)[1](dy)[0],
+}
+
+
+def _conv_inputs(size: int, channels: int, batch: int = 128):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch, size, size, channels)).astype(np.float32)
     w = rng.normal(size=(3, 3, channels, channels)).astype(np.float32) * 0.1
     dy = rng.normal(size=x.shape).astype(np.float32)
+    return x, w, dy
 
-    def conv(x, w):
-        return lax.conv_general_dilated(
-            x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
-        )
 
-    passes = {
-        'forward': (conv, (x, w)),
-        'input_grad': (lambda x, w, dy: jax.vjp(lambda x: conv(x, w), x)[1](dy)[0], (x, w, dy)),
-        'weight_grad': (lambda x, w, dy: jax.vjp(lambda w: conv(x, w), w)[1](dy)[0], (x, w, dy)),
-    }
-    out = {}
-    for variant in ('default', 'no_ynn_conv'):
-        for name, (fn, fargs) in passes.items():
-            compiled = jax.jit(fn).lower(*fargs).compile(compiler_options=XLA_VARIANTS[variant])
-            out[f'jax {name} [{variant}]'] = lambda c=compiled, a=fargs: jax.block_until_ready(
-                c(*a)
-            )
+def _jax_contender(fn, args, xla: dict):
+    """`fn` compiled with XLA options `xla`: a call runs it on `args` and waits."""
+    compiled = jax.jit(fn).lower(*args).compile(compiler_options=xla)
+    return lambda: jax.block_until_ready(compiled(*args))
+
+
+def _torch_conv_contenders(x, w, dy, passes=('input_grad', 'weight_grad')) -> dict:
+    """PyTorch's channels-last convolution: the forward, and forward + each gradient
+    (autograd runs the forward too: its time is subtracted when rows are made)."""
+    import torch
 
     cl = torch.channels_last
     tx = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(memory_format=cl)
     tdy = torch.from_numpy(dy).permute(0, 3, 1, 2).contiguous(memory_format=cl)
     tw = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous(memory_format=cl)
-    txg, twg = tx.clone().requires_grad_(), tw.clone().requires_grad_()
+    grad_of = {
+        'input_grad': tx.clone().requires_grad_(),
+        'weight_grad': tw.clone().requires_grad_(),
+    }
 
-    def torch_forward():
+    def forward():
         with torch.no_grad():
             return torch.nn.functional.conv2d(tx, tw, padding=1)
 
-    def torch_grad(inputs):
-        y = torch.nn.functional.conv2d(
-            txg if inputs == 'x' else tx, twg if inputs == 'w' else tw, padding=1
-        )
-        return torch.autograd.grad(y, txg if inputs == 'x' else twg, tdy)
+    def grad(name):
+        x_in = grad_of[name] if name == 'input_grad' else tx
+        w_in = grad_of[name] if name == 'weight_grad' else tw
+        y = torch.nn.functional.conv2d(x_in, w_in, padding=1)
+        return torch.autograd.grad(y, grad_of[name], tdy)
 
-    out['torch forward'] = torch_forward
-    # Autograd runs the forward too: its time is subtracted when the rows are made.
-    out['torch forward+input_grad'] = lambda: torch_grad('x')
-    out['torch forward+weight_grad'] = lambda: torch_grad('w')
+    out = {'torch forward': forward}
+    for name in passes:
+        out[f'torch forward+{name}'] = functools.partial(grad, name)
     return out
+
+
+def _torch_ms(ms: dict, name: str) -> float:
+    """A torch gradient's own time: forward + gradient, minus the forward."""
+    return ms[f'torch forward+{name}'] - ms['torch forward']
 
 
 def convs(args) -> list[dict]:
     rows = []
     for size, channels in CONV_STAGES[:1] if args.quick else CONV_STAGES:
-        contenders = _conv_contenders(size, channels)
+        inputs = _conv_inputs(size, channels)
+        contenders = {
+            f'jax {name} [{variant}]': _jax_contender(fn, inputs, XLA_VARIANTS[variant])
+            for variant in ('default', 'no_ynn_conv')
+            for name, fn in CONV_PASSES.items()
+        }
+        contenders.update(_torch_conv_contenders(*inputs))
         samples = common.alternate(contenders, rounds=args.rounds * 2, budget_s=args.budget_s / 6)
         ms = {k: 1e3 * v.summary()['wall_s'] for k, v in samples.items()}
-        ms['torch input_grad'] = ms.pop('torch forward+input_grad') - ms['torch forward']
-        ms['torch weight_grad'] = ms.pop('torch forward+weight_grad') - ms['torch forward']
-        for name in ('forward', 'input_grad', 'weight_grad'):
+        for name in CONV_PASSES:
             row = {
                 'shape': [128, size, size, channels],
                 'pass': name,
                 'xla_default_ms': ms[f'jax {name} [default]'],
                 'no_ynn_conv_ms': ms[f'jax {name} [no_ynn_conv]'],
-                'torch_ms': ms[f'torch {name}'],
+                'torch_ms': ms['torch forward'] if name == 'forward' else _torch_ms(ms, name),
             }
             rows.append(row)
             print(
@@ -335,40 +352,11 @@ def convs(args) -> list[dict]:
     return rows
 
 
-# Other ways to get ResNet-20's slowest convolution, tried against Eigen's.
-CONV_LIBRARIES = {
-    'xnnpack': {
-        'xla_cpu_experimental_xnn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION'
-    },
-    'onednn': {
-        'xla_cpu_experimental_onednn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION',
-        'xla_cpu_use_onednn': True,
-    },
-    'onednn_custom_call': {
-        'xla_cpu_experimental_onednn_custom_call': True,
-        'xla_cpu_use_onednn': True,
-    },
-}
-
-
 def conv_attempts(args) -> list[dict]:
     """The 16-channel weight gradient (the largest gap to PyTorch) computed other ways."""
     size, channels = CONV_STAGES[0]
-    base = _conv_contenders(size, channels)
-    contenders = {
-        'eigen (no_ynn_conv)': base['jax weight_grad [no_ynn_conv]'],
-        'torch': base['torch forward+weight_grad'],
-        'torch forward': base['torch forward'],
-    }
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(128, size, size, channels)).astype(np.float32)
-    dy = rng.normal(size=x.shape).astype(np.float32)
-    w = np.zeros((3, 3, channels, channels), np.float32)
-    dn = ('NHWC', 'HWIO', 'NHWC')
-
-    def conv_wgrad(x, w, dy):
-        conv = lambda w: lax.conv_general_dilated(x, w, (1, 1), 'SAME', dimension_numbers=dn)
-        return jax.vjp(conv, w)[1](dy)[0]
+    x, w, dy = inputs = _conv_inputs(size, channels)
+    conv_wgrad = CONV_PASSES['weight_grad']
 
     def nine_dots(x, w, dy):  # one (N*H*W)-long contraction per kernel tap
         xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
@@ -382,21 +370,24 @@ def conv_attempts(args) -> list[dict]:
         return jnp.stack(taps).reshape(w.shape)
 
     def patches_matmul(x, w, dy):  # im2col: the patches are 9x the activation
-        p = lax.conv_general_dilated_patches(x, (3, 3), (1, 1), 'SAME', dimension_numbers=dn)
+        p = lax.conv_general_dilated_patches(x, (3, 3), (1, 1), 'SAME', dimension_numbers=CONV_DIMS)
         g = lax.dot_general(p, dy, (((0, 1, 2), (0, 1, 2)), ((), ())))
         return g.reshape(channels, 3, 3, channels).transpose(1, 2, 0, 3)
 
-    fns = {name: (conv_wgrad, {**NO_YNN_CONV, **xla}) for name, xla in CONV_LIBRARIES.items()}
+    fns = {'eigen (no_ynn_conv)': (conv_wgrad, NO_YNN_CONV)}
+    fns.update({name: (conv_wgrad, {**NO_YNN_CONV, **xla}) for name, xla in CONV_LIBRARIES.items()})
     fns['nine dot_generals'] = (nine_dots, NO_YNN_CONV)
     fns['patches + one matmul'] = (patches_matmul, NO_YNN_CONV)
-    reference = np.asarray(jax.jit(conv_wgrad)(x, w, dy))
+    reference = np.asarray(jax.jit(conv_wgrad)(*inputs))
+    contenders = {}
     for name, (fn, xla) in fns.items():
-        compiled = jax.jit(fn).lower(x, w, dy).compile(compiler_options=xla)
-        np.testing.assert_allclose(compiled(x, w, dy), reference, rtol=1e-3, atol=1e-2)
-        contenders[name] = lambda c=compiled: jax.block_until_ready(c(x, w, dy))
+        contenders[name] = _jax_contender(fn, inputs, xla)
+        np.testing.assert_allclose(contenders[name](), reference, rtol=1e-3, atol=1e-2)
+    contenders.update(_torch_conv_contenders(x, w, dy, passes=('weight_grad',)))
     samples = common.alternate(contenders, rounds=args.rounds * 2, budget_s=args.budget_s / 4)
     ms = {k: 1e3 * v.summary()['wall_s'] for k, v in samples.items()}
-    ms['torch'] -= ms.pop('torch forward')
+    ms['torch'] = _torch_ms(ms, 'weight_grad')
+    del ms['torch forward'], ms['torch forward+weight_grad']
     rows = []
     for name, value in ms.items():
         rows.append({'name': name, 'ms': value, 'vs_eigen': value / ms['eigen (no_ynn_conv)']})
