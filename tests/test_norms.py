@@ -539,6 +539,11 @@ BAD = [
         lambda: norms.GroupNorm(num_groups=None, group_size=4).init(KEY, rand((2, 6))),
         ['group_size=4', '6'],
     ),
+    (
+        lambda: norms.EvoNormS0(num_groups=4).init(KEY, rand((2, 3, 3, 6))),
+        ['EvoNormS0', 'num_groups=4', 'valid num_groups: [1, 2, 3, 6]'],
+    ),
+    (lambda: norms.EvoNormS0(num_groups=0), ['EvoNormS0', 'num_groups=0', 'positive int']),
     (lambda: norms.BatchNorm(epsilon=0.0), ['epsilon=0.0']),
     (lambda: norms.LayerNorm(epsilon=-1.0), ['epsilon=-1.0']),
     (lambda: norms.BatchNorm(momentum=1.0), ['momentum=1.0', '[0, 1)']),

@@ -28,7 +28,7 @@ from flax.typing import Axes, Dtype, Initializer
 
 from normlab.norms import functional as F
 from normlab.norms.affine import affine_params, output_dtype
-from normlab.norms.validation import check_epsilon
+from normlab.norms.validation import channel_groups, check_epsilon, check_group_spec
 
 
 class _PerExampleNorm(nn.Module):
@@ -182,33 +182,12 @@ class GroupNorm(_PerExampleNorm):
     use_running_average: bool | None = None
 
     def __post_init__(self):
-        if (self.num_groups is None) == (self.group_size is None):
-            raise ValueError(
-                f'GroupNorm(num_groups={self.num_groups}, group_size={self.group_size}): give '
-                'exactly one of them (num_groups=None to use group_size)'
-            )
-        for name in ('num_groups', 'group_size'):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value <= 0):
-                raise ValueError(f'GroupNorm({name}={value!r}): must be a positive int')
+        check_group_spec('GroupNorm', self.num_groups, self.group_size)
         super().__post_init__()
 
     def num_groups_for(self, channels: int) -> int:
         """The number of groups for `channels`, or a ValueError naming both."""
-        if self.group_size is not None:
-            if channels % self.group_size:
-                raise ValueError(
-                    f'GroupNorm(group_size={self.group_size}) does not divide the {channels} '
-                    'channels of the input'
-                )
-            return channels // self.group_size
-        if channels % self.num_groups:
-            divisors = [d for d in range(1, channels + 1) if channels % d == 0]
-            raise ValueError(
-                f'GroupNorm(num_groups={self.num_groups}) does not divide the {channels} '
-                f'channels of the input; valid num_groups: {divisors}'
-            )
-        return self.num_groups
+        return channel_groups('GroupNorm', self.num_groups, self.group_size, channels)
 
     @nn.compact
     def __call__(self, x, *, mask=None):

@@ -18,7 +18,12 @@ from flax.typing import Dtype, Initializer
 from normlab.norms import functional as F
 from normlab.norms.affine import affine_params, output_dtype
 from normlab.norms.batch_norm import BATCH_MOMENTS
-from normlab.norms.validation import check_epsilon, check_momentum
+from normlab.norms.validation import (
+    channel_groups,
+    check_epsilon,
+    check_group_spec,
+    check_momentum,
+)
 
 
 def _channel_shapes(x):
@@ -178,22 +183,12 @@ class EvoNormS0(nn.Module):
 
     def __post_init__(self):
         check_epsilon('EvoNormS0', self.epsilon)
-        if (self.num_groups is None) == (self.group_size is None):
-            raise ValueError(
-                f'EvoNormS0(num_groups={self.num_groups}, group_size={self.group_size}): give '
-                'exactly one of them'
-            )
+        check_group_spec('EvoNormS0', self.num_groups, self.group_size)
         super().__post_init__()
 
     @nn.compact
     def __call__(self, x):
-        c = x.shape[-1]
-        groups = self.num_groups if self.group_size is None else c // self.group_size
-        if not groups or c % groups or (self.group_size and c % self.group_size):
-            raise ValueError(
-                f'EvoNormS0(num_groups={self.num_groups}, group_size={self.group_size}) does '
-                f'not divide the {c} channels of the input'
-            )
+        groups = channel_groups('EvoNormS0', self.num_groups, self.group_size, x.shape[-1])
         feature_shape, bshape = _channel_shapes(x)
         scale, bias = affine_params(self, feature_shape, bshape)
         v = self.param('v', self.v_init, feature_shape, self.param_dtype).reshape(bshape)
