@@ -11,8 +11,7 @@ a Frechet distance in its features but no label entropy. Arguments as in
 ``configs/digits_dcgan.py`` (without ``conditional``).
 """
 
-from normlab.train.defaults import parse_arg
-from normlab.train.gan_defaults import gan_config, set_norms, shrink_for_smoke
+from normlab.config import gan_config, parse_arg, set_norms, shrink_for_smoke
 
 
 def get_config(arg=None):

@@ -13,8 +13,7 @@ Arguments as in ``configs/digits_dcgan.py``; ``d_norm=spectral,loss=hinge`` give
 SNGAN's discriminator and loss.
 """
 
-from normlab.train.defaults import parse_arg
-from normlab.train.gan_defaults import gan_config, set_norms, shrink_for_smoke
+from normlab.config import gan_config, parse_arg, set_norms, shrink_for_smoke
 
 
 def get_config(arg=None):

@@ -7,7 +7,7 @@ weight decay 1e-4, crop+flip augmentation) reaches ~6.97% test error
 (the paper's number). Needs CIFAR-10 prepared (`tfds build cifar10`).
 """
 
-from normlab.train.defaults import classifier_config, parse_arg
+from normlab.config import classifier_config, parse_arg
 
 
 def get_config(arg=None):

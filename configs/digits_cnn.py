@@ -8,7 +8,7 @@ About 30 s on a 2-core laptop CPU; BatchNorm reaches ~1-2% test error
 ``--config=configs/digits_cnn.py:norm=group_norm,batch_size=16``.
 """
 
-from normlab.train.defaults import classifier_config, parse_arg
+from normlab.config import classifier_config, parse_arg
 
 
 def get_config(arg=None):

@@ -18,8 +18,7 @@ Arguments: ``g_norm=<make_norm name>``, ``d_norm=<make_norm name or spectral>``
 tests), e.g. ``--config=configs/digits_dcgan.py:g_norm=layer_norm,d_norm=spectral``.
 """
 
-from normlab.train.defaults import parse_arg
-from normlab.train.gan_defaults import gan_config, set_norms, shrink_for_smoke
+from normlab.config import gan_config, parse_arg, set_norms, shrink_for_smoke
 
 
 def get_config(arg=None):

@@ -15,7 +15,7 @@ because it must divide the 100 hidden units; ``instance_norm`` is degenerate her
 (each scalar normalized by itself).
 """
 
-from normlab.train.defaults import classifier_config, parse_arg
+from normlab.config import classifier_config, parse_arg
 
 
 def get_config(arg=None):

@@ -8,7 +8,7 @@ lr 0.1 per 256 examples scaled linearly, 5 warmup epochs, cosine decay,
 zero-initialized last BN scale in each residual block, weight decay 1e-4.
 """
 
-from normlab.train.defaults import classifier_config, parse_arg
+from normlab.config import classifier_config, parse_arg
 
 
 def get_config(arg=None):

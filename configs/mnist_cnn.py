@@ -6,7 +6,7 @@ Needs MNIST prepared (`tfds build mnist`); about 10 min on a 2-core CPU for
 5 epochs, ~0.6% test error with BatchNorm.
 """
 
-from normlab.train.defaults import classifier_config, parse_arg
+from normlab.config import classifier_config, parse_arg
 
 
 def get_config(arg=None):

@@ -11,8 +11,7 @@ cached. Arguments as in ``configs/digits_dcgan.py``: ``g_norm``, ``d_norm`` (a n
 name or ``spectral``), ``loss``, ``conditional``, ``smoke``.
 """
 
-from normlab.train.defaults import parse_arg
-from normlab.train.gan_defaults import gan_config, set_norms, shrink_for_smoke
+from normlab.config import gan_config, parse_arg, set_norms, shrink_for_smoke
 
 
 def get_config(arg=None):

@@ -8,7 +8,7 @@ reach ~1.5%). ``norm=none`` is the paper's baseline. ``dataset=digits`` runs
 the same MLP offline on the 8x8 digits.
 """
 
-from normlab.train.defaults import classifier_config, parse_arg
+from normlab.config import classifier_config, parse_arg
 
 
 def get_config(arg=None):

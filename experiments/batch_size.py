@@ -26,9 +26,9 @@ as the normalizer-free baseline: a GPU study, base config
 grid for tests).
 """
 
+from normlab.config import parse_arg
 from normlab.studies import Report, Study, grid
 from normlab.studies.report import number
-from normlab.train.defaults import parse_arg
 
 BATCH_SIZES = (2, 4, 8, 16, 32, 64)
 PER_EXAMPLE = ('group_norm', 'layer_norm')

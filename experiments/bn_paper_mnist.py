@@ -20,9 +20,9 @@ band widens from 0.95 to 2.7. Arguments:
 ``dataset`` (digits | mnist), ``seeds``, ``epochs``, ``smoke``.
 """
 
+from normlab.config import parse_arg
 from normlab.studies import Report, Study, grid, plots
 from normlab.studies.report import number
-from normlab.train.defaults import parse_arg
 
 LAYER = 'preact3'
 PERCENTILES = tuple(f'{LAYER}/p{q}' for q in (15, 50, 85))

@@ -22,9 +22,9 @@ batch statistics; from batch 8 on all three agree within ~1 point, batch
 statistics excepted (3-6%). Arguments: ``seeds``, ``epochs``, ``smoke``.
 """
 
+from normlab.config import parse_arg
 from normlab.studies import Report, Study, grid
 from normlab.studies.report import number
-from normlab.train.defaults import parse_arg
 
 BATCH_SIZES = (2, 4, 8, 16, 32, 64)
 PRECISE_EXAMPLES = 1024

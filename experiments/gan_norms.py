@@ -34,9 +34,9 @@ from __future__ import annotations
 import math
 import os
 
+from normlab.config import parse_arg
 from normlab.studies import Report, Study, grid
 from normlab.studies.report import number
-from normlab.train.defaults import parse_arg
 
 G_NORMS = ('batch_norm', 'layer_norm', 'instance_norm', 'none')
 D_NORMS = ('batch_norm', 'layer_norm', 'spectral', 'none')

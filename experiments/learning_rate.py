@@ -17,9 +17,9 @@ Arguments: ``seeds``, ``epochs``, ``smoke``.
 
 import math
 
+from normlab.config import parse_arg
 from normlab.studies import Report, Study, grid
 from normlab.studies.report import number
-from normlab.train.defaults import parse_arg
 
 RATES = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 NORMS = ('batch_norm', 'group_norm', 'layer_norm', 'batch_renorm', 'none')

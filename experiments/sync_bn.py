@@ -19,9 +19,9 @@ here. The gradient batch is 32 in every run: only the statistics change.
 Arguments: ``seeds``, ``epochs``, ``smoke``.
 """
 
+from normlab.config import parse_arg
 from normlab.studies import Report, Study, grid
 from normlab.studies.report import number
-from normlab.train.defaults import parse_arg
 
 DEVICES = 4
 GLOBAL_BATCH = 32

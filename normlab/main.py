@@ -59,7 +59,7 @@ def parse_flags(argv):
     """absl's flag parsing; a bad flag, config file or key is one line and exit 2."""
     try:
         rest = FLAGS(argv)
-        'generator' in _CONFIG.value  # noqa: B015 - loads the config file now, not at first use
+        _CONFIG.value.trainer  # noqa: B018 - loads the config file now, not at first use
         return rest
     except Exception as e:  # noqa: BLE001 - every parsing failure is reported the same way
         print(f'error: {one_line(e)}', file=sys.stderr)

@@ -2,7 +2,7 @@
 
 A study file (``experiments/NAME.py``) defines ``get_study(arg=None)`` returning a
 `Study`; ``arg`` is the text after ``:`` in ``--config=experiments/NAME.py:ARG``,
-parsed like a config file's (``normlab.train.defaults.parse_arg``)::
+parsed like a config file's (``normlab.config.parse_arg``)::
 
     from normlab.studies import Report, Study, grid
 

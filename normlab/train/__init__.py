@@ -1,6 +1,6 @@
 """Trainers: the only place data, model, optimizer, mesh and logging meet.
 
-Imports are lazy: config files import `normlab.train.defaults` and should not
+Imports are lazy: the launcher imports this package and should not
 pay for TensorFlow and the trainers.
 """
 

@@ -1,8 +1,8 @@
 """`train_and_evaluate(config, workdir)` for GANs: DCGAN with any norm in G and in D.
 
 The GAN counterpart of `normlab.train.classifier`, with the same launcher, mesh,
-checkpoints, W&B and files. A config with a ``generator`` key comes here
-(`normlab.train.registry`); its keys are in `normlab.train.gan_defaults`.
+checkpoints, W&B and files. A config with ``trainer = 'gan'`` comes here
+(`normlab.train.registry`); its keys are in `normlab.config.gan`.
 
 * Two networks, each with its own parameters, Adam state (betas (0.5, 0.999), Radford
   et al. 2016), ``batch_stats`` and norm (``config.generator.norm``,
@@ -17,7 +17,7 @@ checkpoints, W&B and files. A config with a ``generator`` key comes here
   on the same dataset (not Inception FID), and a sample grid written to
   ``samples/step_NNNNNNN.png`` (the newest also as ``samples.png``) and to W&B.
 * Divergence is a result, not a crash: a non-finite loss or a collapsed
-  discriminator (`gan_defaults.divergence_config`) stops the run, and
+  discriminator (`normlab.config.gan.divergence_config`) stops the run, and
   ``summary.json`` says ``"status": "diverged"`` with the reason and step (and the
   evaluation of the last state when it is finite). The call returns normally, so a
   sweep records it like any other run.

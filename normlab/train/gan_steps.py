@@ -51,7 +51,7 @@ class GANState:
     ``step`` counts generator updates; each network's `TrainState` counts its own.
     ``ema_params`` is the exponential moving average of the generator's parameters
     (None without EMA). ``collapsed_steps`` counts consecutive steps whose
-    discriminator loss was below the collapse floor (see `gan_defaults.divergence_config`).
+    discriminator loss was below the collapse floor (see `normlab.config.gan.divergence_config`).
     """
 
     step: jax.Array

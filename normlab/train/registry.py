@@ -1,13 +1,17 @@
-"""Which trainer a config runs: classifiers, or GANs (configs with a `generator`)."""
+"""Which trainer a config runs: ``config.trainer`` names it."""
 
 from __future__ import annotations
 
+import importlib
+
+# name -> module with `train_and_evaluate(config, workdir)`; imported on use.
+TRAINERS = {'classifier': 'normlab.train.classifier', 'gan': 'normlab.train.gan'}
+
 
 def trainer_for(config):
-    if 'generator' in config:
-        from normlab.train import gan
+    name = config.trainer
+    if name not in TRAINERS:
+        from normlab.train.config_checks import ConfigError
 
-        return gan.train_and_evaluate
-    from normlab.train import classifier
-
-    return classifier.train_and_evaluate
+        raise ConfigError(f'config.trainer={name!r} is not one of {sorted(TRAINERS)}')
+    return importlib.import_module(TRAINERS[name]).train_and_evaluate

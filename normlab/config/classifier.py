@@ -51,6 +51,7 @@ def norm_config(name: str = 'batch_norm') -> ml_collections.ConfigDict:
 
 def classifier_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+    c.trainer = 'classifier'  # normlab.train.registry.TRAINERS
     c.dataset = 'digits'
     c.data_dir = config_dict.placeholder(str)  # None: $NORMLAB_DATA_DIR or ~/tensorflow_datasets
     c.augment = True
@@ -101,32 +102,3 @@ def classifier_config() -> ml_collections.ConfigDict:
     c.study = config_dict.placeholder(str)
     c.wandb = wandb_config()
     return c
-
-
-def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
-    """Parses a config file's ``:key=value,...`` argument, typed by `defaults`.
-
-    ``get_config('norm=group_norm,smoke=True')`` with ``defaults=dict(norm='batch_norm',
-    smoke=False)`` gives ``{'norm': 'group_norm', 'smoke': True}``; an unknown key or
-    a value of the wrong type raises ValueError naming the valid keys.
-    """
-    out = dict(defaults)
-    for item in filter(None, (arg or '').split(',')):
-        key, sep, value = item.partition('=')
-        if not sep or key not in defaults:
-            raise ValueError(
-                f'config argument {item!r} is not key=value with a key in {sorted(defaults)}'
-            )
-        kind = type(defaults[key])
-        if kind is bool:
-            if value.lower() not in ('true', 'false', '1', '0'):
-                raise ValueError(f'config argument {key}={value!r} must be True or False')
-            out[key] = value.lower() in ('true', '1')
-        else:
-            try:
-                out[key] = kind(value)
-            except ValueError as e:
-                raise ValueError(
-                    f'config argument {key}={value!r} must be a {kind.__name__}'
-                ) from e
-    return ml_collections.ConfigDict(out)

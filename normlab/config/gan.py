@@ -1,12 +1,12 @@
 """Every key a GAN config has, with its default. Leaf configs (configs/*_dcgan.py) override.
 
-A config with a ``generator`` key is a GAN config: `normlab.train.registry` sends it
-to `normlab.train.gan`. Defaults follow DCGAN (Radford, Metz & Chintala, ICLR 2016):
-Adam with learning rate 2e-4 and betas (0.5, 0.999) for both networks, batch norm in
-the generator, the non-saturating loss. The discriminator has no normalization by
-default; a study sets it (batch norm was DCGAN's choice, spectral norm Miyato et
-al.'s 2018). As for classifiers, the config is locked after the leaf file sets it
-up and None is the only "unset" value.
+``config.trainer = 'gan'`` sends a config to `normlab.train.gan`. Defaults follow
+DCGAN (Radford, Metz & Chintala, ICLR 2016): Adam with learning rate 2e-4 and betas
+(0.5, 0.999) for both networks, batch norm in the generator, the non-saturating
+loss. The discriminator has no normalization by default; a study sets it (batch
+norm was DCGAN's choice, spectral norm Miyato et al.'s 2018). As for classifiers,
+the config is locked after the leaf file sets it up and None is the only "unset"
+value.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
-from normlab.train.defaults import norm_config, wandb_config
+from normlab.config.classifier import norm_config, wandb_config
 
 
 def generator_config() -> ml_collections.ConfigDict:
@@ -88,6 +88,7 @@ def divergence_config() -> ml_collections.ConfigDict:
 
 def gan_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+    c.trainer = 'gan'  # normlab.train.registry.TRAINERS
     c.dataset = 'digits'
     c.data_dir = config_dict.placeholder(str)  # None: $NORMLAB_DATA_DIR or ~/tensorflow_datasets
     # Side of the generated (and, resized bilinearly, the real) images; None: the
