@@ -108,6 +108,11 @@ def gan_config() -> ml_collections.ConfigDict:
     c.eval_every_steps = config_dict.placeholder(int)  # None: only at the end
     c.divergence = divergence_config()
 
+    c.eval_steps = ()  # extra evaluation steps (0: the initial generator)
+    # Generator steps per dispatch (one lax.scan); None: 1 on CPU (convolutions run
+    # slower inside a loop there), else log_every_steps.
+    c.steps_per_call = config_dict.placeholder(int)
+
     c.log_every_steps = 50
     c.checkpoint_every_steps = 500
     c.keep_checkpoints = 2
