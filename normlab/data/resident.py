@@ -77,15 +77,28 @@ def split_bytes(name: str, split: str, *, data_dir: str | None = None) -> int:
     return builder.info.splits[split].num_examples * math.prod(spec.image_shape)
 
 
-def fits(name: str, *, budget_bytes: int, num_devices: int, data_dir: str | None = None) -> bool:
-    """Whether both splits of `name` fit `budget_bytes` per device, sharded."""
+PLACEMENTS = ('auto', 'device', 'stream')
+
+
+def on_device(
+    name: str, placement: str, *, budget_mb: float, num_devices: int, data_dir: str | None = None
+) -> bool:
+    """Whether a run keeps `name` on the devices: ``placement`` 'device', 'stream', or
+    'auto' (on the devices when both splits fit `budget_mb` per device, sharded, and
+    their transform runs there)."""
+    if placement not in PLACEMENTS:
+        raise ValueError(f'data placement {placement!r} is not one of {PLACEMENTS}')
     spec = get_spec(name)
+    if placement == 'stream':
+        return False
+    if placement == 'device':
+        return True
     if spec.transform not in DEVICE_TRANSFORMS:
         return False
     total = sum(
         split_bytes(name, s, data_dir=data_dir) for s in (spec.train_split, spec.eval_split)
     )
-    return total / num_devices <= budget_bytes
+    return total / num_devices <= budget_mb * 2**20
 
 
 def load(name: str, split: str, mesh: Mesh, *, data_dir: str | None = None) -> Split:

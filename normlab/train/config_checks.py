@@ -10,13 +10,13 @@ import socket
 import ml_collections
 
 from normlab import data, models, norms
+from normlab.data import resident
 
 EVAL_MODES = ('running', 'precise', 'batch')
 OPTIMIZERS = ('sgd', 'adam', 'adamw')
 SCHEDULES = ('constant', 'cosine', 'step')
 DTYPES = ('float32', 'bfloat16')
 WANDB_MODES = ('auto', 'online', 'offline', 'disabled')
-DATA_PLACEMENTS = ('auto', 'device', 'stream')
 # Keys that change what the model computes: a resume must agree on them.
 MODEL_KEYS = ('dataset', 'model', 'model_options', 'norm', 'dtype')
 
@@ -50,6 +50,9 @@ def check_loop_config(config) -> None:
     bad = [s for s in config.eval_steps if not isinstance(s, int) or s < 0]
     if bad:
         raise ConfigError(f'eval_steps={tuple(config.eval_steps)!r}: {bad} are not steps >= 0')
+    _choice('data_placement', config.data_placement, resident.PLACEMENTS)
+    if not config.device_data_mb > 0:
+        raise ConfigError(f'device_data_mb={config.device_data_mb} must be positive')
 
 
 def check_classifier_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -63,11 +66,8 @@ def check_classifier_config(config: ml_collections.ConfigDict, num_devices: int)
     _choice('lr_scaling', config.lr_scaling, ('linear', 'none'))
     _choice('wandb.mode', config.wandb.mode, WANDB_MODES)
     eval_modes(config)
-    _choice('data_placement', config.data_placement, DATA_PLACEMENTS)
     if not (math.isfinite(config.learning_rate) and config.learning_rate > 0):
         raise ConfigError(f'learning_rate={config.learning_rate} must be a positive finite number')
-    if config.device_data_mb <= 0:
-        raise ConfigError(f'device_data_mb={config.device_data_mb} must be positive')
     check_loop_config(config)
     if config.num_train_steps is not None and config.num_train_steps <= 0:
         raise ConfigError(f'num_train_steps={config.num_train_steps} must be a positive int')

@@ -18,7 +18,8 @@ optionally, its own divergence rule. `run` does the rest, the same way for all:
   optimizer state and batch statistics are finite; a step that is not leaves the
   state as it was (`normlab.train.state.keep_if`). At the next flush the run stops
   with `DivergedError` naming that step and the last checkpoint that exists;
-  ``summary.json`` says ``diverged``; the launcher exits 3.
+  ``summary.json`` says ``diverged`` with that step and the evaluation of the last
+  good state; the launcher exits 3.
 - only process 0 writes files and logs to W&B.
 """
 
@@ -55,14 +56,16 @@ class Trainer:
     """What a trainer hands the loop.
 
     Attributes:
-      state: the initial state (a pytree with an int ``step``), replicated.
+      state: the initial state (a pytree with an int ``step``), replicated; after
+        `run` the final one.
       total_steps: steps to train.
       examples_per_step: for the throughput figure.
       steps_per_call: most steps one ``train`` call runs.
       train: ``(state, n) -> (state, metrics)``: runs ``n <= steps_per_call`` steps
         from ``state.step`` in one dispatch; ``metrics`` maps names to arrays of
         ``steps_per_call`` rows (rows past ``n`` are ignored) and holds `FINITE`.
-      evaluate: ``(state, step) -> metrics``; may write its own files (samples).
+      evaluate: ``(state, step) -> metrics``; numpy arrays among them are images,
+        logged to W&B only; it may write its own files (samples).
       check: ``(step, row) -> reason or None``: a trainer's own divergence rule on
         one step's metrics (e.g. a collapsed GAN discriminator).
       progress_metric: the metric the progress line shows.
@@ -176,11 +179,16 @@ def run(config, workdir: str, trainer: Trainer) -> dict:
 
     def evaluate(step: int) -> dict:
         nonlocal last_eval
-        last_eval = {'step': step, **trainer.evaluate(state, step)}
-        row = {k: v for k, v in last_eval.items() if k != 'step'}
+        out = trainer.evaluate(state, step)
+        # Arrays are images (a GAN's samples): W&B shows them; files get the numbers.
+        images = {k: v for k, v in out.items() if isinstance(v, np.ndarray)}
+        row = {k: v for k, v in out.items() if k not in images}
+        last_eval = {'step': step, **row}
         if is_chief:
             files.log_metrics(step, row)
             wandb_run.log(row, step)
+            if images:
+                wandb_run.log_images(images, step)
         return row
 
     step, compile_s = start, math.nan
@@ -215,14 +223,27 @@ def run(config, workdir: str, trainer: Trainer) -> dict:
         )
         message = f'run diverged at step {e.step}: {e}; {where}'
         logging.warning('%s', message)
+        # The state is the last good one (a bad step changes nothing): evaluate it.
+        results = {
+            k: v
+            for k, v in trainer.evaluate(state, e.step - 1).items()
+            if not isinstance(v, np.ndarray)
+        }
         if is_chief:
             files.write_summary(
-                {'status': 'diverged', 'steps': e.step, 'reason': str(e), 'checkpoint': kept}
+                {
+                    'status': 'diverged',
+                    'steps': e.step,
+                    'reason': str(e),
+                    'checkpoint': kept,
+                    **results,
+                }
             )
         ckpt.close()
         wandb_run.finish(exit_code=1)
         raise DivergedError(message, e.step) from None
     progress.close()
+    trainer.state = state
     train_end = time.perf_counter()
     if step > start or ckpt.latest_step() != total:
         ckpt.save(total, state)

@@ -17,12 +17,16 @@ call for convolutional models there, where a step's compute dwarfs its dispatch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
+from normlab.parallel import DATA_AXIS
 from normlab.train.loop import FINITE
 from normlab.train.state import keep_if
 
@@ -60,6 +64,48 @@ def scan_steps(step_fn: Callable, batch_fn: Callable, steps_per_call: int) -> Ca
         return lax.scan(one, state, jnp.arange(steps_per_call))
 
     return body
+
+
+def make_train_call(
+    step_fn: Callable,
+    mesh: Mesh,
+    *,
+    steps_per_call: int,
+    batch_fn: Callable | None,
+    options: dict | None = None,
+):
+    """The jitted ``(state, data, seed, n) -> (state, stacked metrics)``, donating state.
+
+    With a `batch_fn` (device-resident data), ``data`` is the resident arrays, sharded
+    over the data axis, and batches are built on the devices; with None, ``data`` is
+    host batches stacked to ``(steps_per_call, batch, ...)`` (`HostBatches`).
+    """
+    data_spec = P(DATA_AXIS) if batch_fn is not None else P(None, DATA_AXIS)
+    body = scan_steps(step_fn, batch_fn or row_of_stacked, steps_per_call)
+    sharded = jax.shard_map(
+        body, mesh=mesh, in_specs=(P(), data_spec, P(), P()), out_specs=(P(), P())
+    )
+    return jax.jit(sharded, donate_argnums=0, compiler_options=options)
+
+
+class HostBatches:
+    """Streamed batches, stacked per call as ``(steps_per_call, batch, ...)`` global
+    arrays; `iterator` yields this process's rows of consecutive steps' batches."""
+
+    def __init__(self, iterator: Iterator[dict], mesh: Mesh, steps_per_call: int):
+        self.iterator = iterator
+        self.k = steps_per_call
+        self.sharding = NamedSharding(mesh, P(None, DATA_AXIS))
+
+    def take(self, n: int) -> dict:
+        rows = [next(self.iterator) for _ in range(n)]
+        rows += [rows[-1]] * (self.k - n)  # rows past n are skipped by the call
+        return {
+            key: jax.make_array_from_process_local_data(
+                self.sharding, np.stack([r[key] for r in rows])
+            )
+            for key in rows[0]
+        }
 
 
 def row_of_stacked(data, seed, step, i):

@@ -22,8 +22,6 @@ import ml_collections
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from normlab import data, models, norms, parallel
 from normlab.data import resident
@@ -104,49 +102,6 @@ def init_state(config, model, tx, mesh, image_shape) -> TrainState:
     return initialize(init, parallel.replicated(mesh), key_data)
 
 
-def uses_device_data(config, mesh) -> bool:
-    """``config.data_placement``: 'device', 'stream', or 'auto' (on the devices when
-    both splits fit ``device_data_mb`` per device and their transform runs there)."""
-    if config.data_placement == 'stream':
-        return False
-    if config.data_placement == 'device':
-        return True
-    return resident.fits(
-        config.dataset,
-        budget_bytes=config.device_data_mb * 2**20,
-        num_devices=mesh.devices.size,
-        data_dir=config.data_dir,
-    )
-
-
-class _HostBatches:
-    """Streamed training batches, stacked per call as ``(steps_per_call, batch, ...)``."""
-
-    def __init__(self, config, mesh, start_step: int, steps_per_call: int):
-        self.iterator = data.train_iterator(
-            config.dataset,
-            global_batch_size=config.batch_size,
-            seed=config.seed,
-            start_step=start_step,
-            augment=config.augment,
-            data_dir=config.data_dir,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-        )
-        self.k = steps_per_call
-        self.sharding = NamedSharding(mesh, P(None, parallel.DATA_AXIS))
-
-    def take(self, n: int) -> dict:
-        rows = [next(self.iterator) for _ in range(n)]
-        # Rows past n are never used (the call skips them): repeat the last one.
-        rows += [rows[-1]] * (self.k - n)
-        stacked = {key: np.stack([r[key] for r in rows]) for key in rows[0]}
-        return {
-            key: jax.make_array_from_process_local_data(self.sharding, value)
-            for key, value in stacked.items()
-        }
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains and evaluates a classifier; returns the summary (also in summary.json)."""
     validate(config, workdir)
@@ -158,19 +113,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     tx = optim.make_optimizer(config, lr_fn)
     state = init_state(config, model, tx, mesh, spec.image_shape)
 
-    on_device = uses_device_data(config, mesh)
+    on_device = resident.on_device(
+        config.dataset,
+        config.data_placement,
+        budget_mb=config.device_data_mb,
+        num_devices=mesh.devices.size,
+        data_dir=config.data_dir,
+    )
     load = lambda split: resident.load(config.dataset, split, mesh, data_dir=config.data_dir)  # noqa: E731
     train_split = load(spec.train_split) if on_device else None
     eval_split = load(spec.eval_split) if on_device else None
     step_fn = steps.train_step_fn(model, tx, lr_fn, record_grad_norms=config.record_grad_norms)
     k = multi_step.default_steps_per_call(config, convolutional=_convolutional(model, spec))
-    call = steps.make_train_call(
+    call = multi_step.make_train_call(
         step_fn,
         mesh,
         steps_per_call=k,
-        split=train_split,
-        batch_size=config.batch_size,
-        augment=config.augment,
+        batch_fn=(
+            steps.resident_batch_fn(train_split, config.batch_size, config.augment)
+            if on_device
+            else None
+        ),
         options=multi_step.compiler_options(config),
     )
     seed = np.int32(config.seed)
@@ -178,10 +141,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     def train(state, n):
         nonlocal host_batches
-        if train_split is not None:
+        if on_device:
             return call(state, train_split.arrays, seed, np.int32(n))
         if host_batches is None:  # opened at the resumed step, on the first call
-            host_batches = _HostBatches(config, mesh, int(state.step), k)
+            iterator = data.train_iterator(
+                config.dataset,
+                global_batch_size=config.batch_size,
+                seed=config.seed,
+                start_step=int(state.step),
+                augment=config.augment,
+                data_dir=config.data_dir,
+                process_index=jax.process_index(),
+                process_count=jax.process_count(),
+            )
+            host_batches = multi_step.HostBatches(iterator, mesh, k)
         return call(state, host_batches.take(n), seed, np.int32(n))
 
     evaluator = Evaluator(

@@ -30,7 +30,6 @@ from normlab.norms import batch_moments_fn
 from normlab.parallel import DATA_AXIS
 from normlab.train.loop import FINITE
 from normlab.train.state import TrainState, all_finite, reduce_model_state
-from normlab.train.steps import row_of_stacked, scan_steps
 
 
 def _sums(logits, labels, mask):
@@ -88,37 +87,16 @@ def train_step_fn(model: nn.Module, tx, lr_fn, *, record_grad_norms: bool = Fals
     return step
 
 
-def make_train_call(
-    step_fn: Callable,
-    mesh: Mesh,
-    *,
-    steps_per_call: int,
-    split: resident.Split | None,
-    batch_size: int,
-    augment: bool,
-    options: dict | None = None,
-):
-    """The jitted ``(state, data, seed, n) -> (state, stacked metrics)``.
+def resident_batch_fn(split: resident.Split, batch_size: int, augment: bool) -> Callable:
+    """`normlab.train.steps.make_train_call`'s batch_fn for a resident `split`."""
 
-    With a resident `split`, ``data`` is ``split.arrays`` and batches are built on the
-    devices; without, ``data`` is host batches stacked to ``(steps_per_call, batch)``.
-    """
-    if split is not None:
+    def batch_fn(arrays, seed, step, i):
+        del i
+        return resident.train_batch(
+            arrays, seed, step, split=split, batch_size=batch_size, augment=augment
+        )
 
-        def batch_fn(arrays, seed, step, i):
-            del i
-            return resident.train_batch(
-                arrays, seed, step, split=split, batch_size=batch_size, augment=augment
-            )
-
-        data_spec = P(DATA_AXIS)
-    else:
-        batch_fn, data_spec = row_of_stacked, P(None, DATA_AXIS)
-    body = scan_steps(step_fn, batch_fn, steps_per_call)
-    sharded = jax.shard_map(
-        body, mesh=mesh, in_specs=(P(), data_spec, P(), P()), out_specs=(P(), P())
-    )
-    return jax.jit(sharded, donate_argnums=0, compiler_options=options)
+    return batch_fn
 
 
 def over_batches(mesh: Mesh, body: Callable, num_batches: int, *, fused: bool) -> Callable:
