@@ -17,8 +17,6 @@ OPTIMIZERS = ('sgd', 'adam', 'adamw')
 SCHEDULES = ('constant', 'cosine', 'step')
 DTYPES = ('float32', 'bfloat16')
 WANDB_MODES = ('auto', 'online', 'offline', 'disabled')
-# Keys that change what the model computes: a resume must agree on them.
-MODEL_KEYS = ('dataset', 'model', 'model_options', 'norm', 'dtype')
 
 
 class ConfigError(ValueError):
@@ -116,21 +114,55 @@ def check_workdir(workdir: str) -> None:
         raise ConfigError(f'workdir={workdir!r} is not writable ({e.strerror})') from e
 
 
+# Config keys a resumed run may change: they decide what is logged and evaluated when,
+# and where, never the training trajectory (steps_per_call gives identical bits).
+RESUMABLE = (
+    'wandb',
+    'study',
+    'data_dir',
+    'log_every_steps',
+    'checkpoint_every_steps',
+    'keep_checkpoints',
+    'eval_every_steps',
+    'eval_steps',
+    'eval_batch_size',
+    'record_preactivations',
+    'record_grad_norms',
+    'steps_per_call',
+    'eval.cache_dir',
+)
+
+
+def _flat(tree: dict, prefix: str = '') -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f'{prefix}{k}.'))
+        else:
+            out[f'{prefix}{k}'] = v
+    return out
+
+
 def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """A saved config must agree with `config` on everything that shapes the model."""
+    """A work directory's saved config must agree with `config` on every key that can
+    change the run's results (all but `RESUMABLE`)."""
     path = os.path.join(workdir, 'config.json')
     if not os.path.exists(path):
         return
     with open(path) as f:
-        saved = json.load(f)
-    new = json.loads(config.to_json())
+        saved = _flat(json.load(f))
+    new = _flat(json.loads(config.to_json()))
+    missing = object()
     diffs = [
-        f'{k}: saved {saved.get(k)!r} != new {new.get(k)!r}'
-        for k in MODEL_KEYS
-        if saved.get(k) != new.get(k)
+        f'{k}: saved {saved.get(k, missing)!r}, now {new.get(k, missing)!r}'.replace(
+            repr(missing), '(absent)'
+        )
+        for k in sorted(set(saved) | set(new))
+        if saved.get(k, missing) != new.get(k, missing)
+        and not any(k == r or k.startswith(r + '.') for r in RESUMABLE)
     ]
     if diffs:
         raise ConfigError(
-            f'workdir={workdir!r} holds a run whose model differs ({"; ".join(diffs)}); use a '
-            'new workdir or the saved settings'
+            f'workdir={workdir!r} holds a run with other settings ({"; ".join(diffs)}); '
+            'resume with the saved settings or use a new workdir'
         )

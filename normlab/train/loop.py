@@ -25,8 +25,12 @@ optionally, its own divergence rule. `run` does the rest, the same way for all:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import math
+import os
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -37,10 +41,15 @@ from absl import logging
 
 from normlab.logging import RunFiles, WandbRun
 from normlab.train.checkpointing import Checkpointer
+from normlab.train.config_checks import ConfigError
 from normlab.train.progress import Progress
 
 # Per-step flag every train call returns next to its metrics (not logged).
 FINITE = 'finite'
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says where the run stopped."""
 
 
 class DivergedError(RuntimeError):
@@ -150,8 +159,44 @@ class _Flusher:
             raise DivergedError(bad[1], bad[0])
 
 
+@contextlib.contextmanager
+def owned(workdir: str):
+    """Holds `workdir` for one run: a second run on it fails at once.
+
+    An advisory lock (``flock``) on ``workdir/.lock``, held by process 0 of a run; the
+    kernel releases it when the process dies, so a killed run never leaves it stuck.
+    """
+    if jax.process_index() != 0:
+        yield
+        return
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, '.lock'), 'a+') as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or 'another process'
+            raise ConfigError(
+                f'workdir={workdir!r} is in use by another run ({holder}); wait for it or '
+                'use another workdir'
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f'pid {os.getpid()} on {socket.gethostname()}')
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def run(config, workdir: str, trainer: Trainer) -> dict:
     """Trains `trainer` in `workdir` as ``config`` says; returns the summary."""
+    with owned(workdir):
+        return _run(config, workdir, trainer)
+
+
+def _run(config, workdir: str, trainer: Trainer) -> dict:
     t_start = time.perf_counter()
     is_chief = jax.process_index() == 0
     files = RunFiles(workdir)
@@ -163,9 +208,9 @@ def run(config, workdir: str, trainer: Trainer) -> dict:
         ckpt.close()
         return previous
     state, start = trainer.state, 0
-    if ckpt.latest_step() is not None:
-        state = ckpt.restore(state)
-        start = int(state.step)
+    restored = ckpt.restore(state) if ckpt.latest_step() is not None else None
+    if restored is not None:
+        state, start = restored, int(restored.step)
         logging.info('resumed from the checkpoint at step %d', start)
     if is_chief:
         files.write_config(config)
@@ -213,6 +258,16 @@ def run(config, workdir: str, trainer: Trainer) -> dict:
                 flush(step)
                 evaluate(step)
         flush(step)
+    except KeyboardInterrupt:
+        progress.close()
+        ckpt.close()
+        kept = ckpt.latest_step()
+        wandb_run.finish(exit_code=130, finish_timeout=10)
+        resume = f'the checkpoint at step {kept}' if kept is not None else 'the start'
+        raise Interrupted(
+            f'interrupted during step {step + 1} of {total}; run the same command again to '
+            f'resume from {resume}'
+        ) from None
     except DivergedError as e:
         progress.close()
         kept = ckpt.latest_step()

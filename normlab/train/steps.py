@@ -44,7 +44,7 @@ def scan_steps(step_fn: Callable, batch_fn: Callable, steps_per_call: int) -> Ca
             del n  # a call runs at least one step
             new, metrics = step_fn(state, batch_fn(data, seed, state.step, 0))
             new = keep_if(metrics[FINITE], new, state)
-            return new, jax.tree.map(lambda m: m[None], metrics)
+            return new, jax.tree.map(lambda m: jnp.asarray(m)[None], metrics)
 
         return single
 

@@ -154,7 +154,7 @@ def validate(config: ml_collections.ConfigDict, workdir: str) -> None:
     """
     gan_checks.check_gan_config(config, jax.device_count())
     config_checks.check_workdir(workdir)
-    gan_checks.check_gan_resume(config, workdir)
+    config_checks.check_resume(config, workdir)
     try:
         data.prepared_builder(config.dataset, data_dir=config.data_dir)
         generator, discriminator = build_networks(config)

@@ -19,9 +19,6 @@ other than what the config says:
 
 from __future__ import annotations
 
-import json
-import os
-
 import ml_collections
 
 from normlab import data, norms
@@ -29,20 +26,6 @@ from normlab.train.config_checks import DTYPES, WANDB_MODES, ConfigError, check_
 from normlab.train.gan.losses import LOSSES
 
 EVAL_NORM_STATS = ('batch', 'running')
-# Keys that change the networks or the state's layout: a resume must agree on them.
-MODEL_KEYS = (
-    'dataset',
-    'image_size',
-    'conditional',
-    'dtype',
-    'generator.width',
-    'generator.latent_dim',
-    'generator.norm',
-    'generator.ema_decay',
-    'discriminator.width',
-    'discriminator.norm',
-    'discriminator.spectral_norm',
-)
 
 
 def _choice(what: str, value, valid) -> None:
@@ -118,29 +101,3 @@ def check_gan_config(config: ml_collections.ConfigDict, num_devices: int) -> Non
         )
     if patience is not None:
         _positive('divergence.patience_steps', patience)
-
-
-def _get(tree: dict, dotted: str):
-    for part in dotted.split('.'):
-        tree = tree.get(part) if isinstance(tree, dict) else None
-    return tree
-
-
-def check_gan_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """A saved config must agree with `config` on everything that shapes the state."""
-    path = os.path.join(workdir, 'config.json')
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        saved = json.load(f)
-    new = json.loads(config.to_json())
-    diffs = [
-        f'{k}: saved {_get(saved, k)!r} != new {_get(new, k)!r}'
-        for k in MODEL_KEYS
-        if _get(saved, k) != _get(new, k)
-    ]
-    if diffs:
-        raise ConfigError(
-            f'workdir={workdir!r} holds a run whose networks differ ({"; ".join(diffs)}); use '
-            'a new workdir or the saved settings'
-        )
