@@ -278,12 +278,12 @@ def test_workdir_that_is_a_file_or_disagrees_on_the_model(tmp_path):
         ('num_train_steps', 4, 'num_train_steps: saved 2, now 4'),
         ('learning_rate', 0.5, 'learning_rate: saved 0.05, now 0.5'),
         ('optimizer', 'adam', "optimizer: saved 'sgd', now 'adam'"),
-        ('batch_size', 16, 'batch_size: saved 8, now 16'),
+        ('batch_size', 16, 'batch_size: saved 32, now 16'),
         ('schedule', 'constant', "schedule: saved 'cosine', now 'constant'"),
     ]:
         with pytest.raises(ConfigError) as e:
             classifier.validate(
-                digits_config(num_train_steps=2, **{key: value}), str(tmp_path / 'run')
+                digits_config(**{'num_train_steps': 2, key: value}), str(tmp_path / 'run')
             )
         assert words in str(e.value) and '\n' not in str(e.value), str(e.value)
     # Logging cadence and W&B settings cannot change results: a legitimate resume.
