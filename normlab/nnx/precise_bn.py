@@ -47,7 +47,7 @@ def batch_moments_fn(model: nnx.Module, **call_kwargs) -> Callable[[Any, Any], d
         for path, m in stateful:
             calls = getattr(m, BATCH_MOMENTS, None)
             if calls is not None:  # a norm the batch did not reach records nothing
-                calls = calls[...]
+                calls = calls.get_value()
                 out[_key(path)] = mean_over_calls(
                     {k: tuple(a for c in calls for a in c[k]) for k in calls[0]}
                 )

@@ -191,13 +191,18 @@ class NormShell(nnx.Module):
             p = getattr(self, pname)
             if p is not None:
                 params[pname] = p[...].reshape(feature_shape) if spec.per_feature else p[...]
-        if self.promotes:
-            affine = [k for k in ('scale', 'bias') if k in params]
-            x, *promoted = self.promote_dtype((x, *(params[k] for k in affine)), dtype=self.dtype)
-            params.update(zip(affine, promoted, strict=True))
         variables = {'params': params}
         for sname, (collection, _) in self.state_specs.items():
             variables.setdefault(collection, {})[sname] = getattr(self, sname)[...]
+        if self.promotes:
+            # flax.nnx's rule: the input, parameters and running statistics share one
+            # dtype. The statistics themselves stay float32 (flax would round them).
+            affine = [k for k in ('scale', 'bias') if k in params]
+            stats = list(variables.get('batch_stats', {}).values())
+            x, *promoted = self.promote_dtype(
+                (x, *(params[k] for k in affine), *stats), dtype=self.dtype
+            )
+            params.update(zip(affine, promoted, strict=False))
 
         training = use_running_average is False
         mutable = []
