@@ -70,6 +70,7 @@ class CNN(nnx.Module):
 MODELS = {'mlp': MLP, 'cnn': CNN}
 
 
+@functools.cache
 def load_split(train: bool) -> tuple[np.ndarray, np.ndarray]:
     """One whole split of `digits` as (images, labels) numpy arrays."""
     if train:
