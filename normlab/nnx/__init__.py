@@ -25,7 +25,7 @@ from normlab.nnx.per_example import GroupNorm, InstanceNorm, LayerNorm, RMSNorm
 from normlab.nnx.precise_bn import batch_moments_fn, recompute_batch_stats
 from normlab.nnx.registry import SHELLS, is_stateful, make_norm, shell_for
 from normlab.nnx.response_norms import EvoNormB0, EvoNormS0, FilterResponseNorm
-from normlab.nnx.shell import NormShell, NormSteps, StatefulNorm
+from normlab.nnx.shell import NormShell, NormState, StatefulNorm, variable_type
 
 __all__ = [
     'SHELLS',
@@ -39,7 +39,7 @@ __all__ = [
     'LayerNorm',
     'NoNorm',
     'NormShell',
-    'NormSteps',
+    'NormState',
     'RMSNorm',
     'StatefulNorm',
     'batch_moments_fn',
@@ -47,4 +47,5 @@ __all__ = [
     'make_norm',
     'recompute_batch_stats',
     'shell_for',
+    'variable_type',
 ]

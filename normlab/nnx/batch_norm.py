@@ -1,16 +1,18 @@
 """Batch normalization for NNX: a drop-in for `flax.nnx.BatchNorm`.
 
 Same constructor (``num_features``, ``rngs``, ``use_running_average=False``,
-``axis``, ``momentum=0.99``, ``epsilon=1e-5``, ...), variables (``scale``,
-``bias`` as `nnx.Param`; ``mean``, ``var`` as float32 `nnx.BatchStat`) and
-modes (the constructor or call argument, ``model.train()`` / ``model.eval()``,
-`nnx.view`), computed by `normlab.norms.BatchNorm`: accurate variance at large
-offsets, count-weighted cross-device statistics (``axis_name`` under
-`jax.shard_map`), ``virtual_batch_size`` (ghost batches, per-device statistics,
-device groups or every device), ``update_stats=False`` (evaluation with batch
-statistics) and ``unbiased_running_var`` (PyTorch's running variance; convert
-PyTorch's momentum with `normlab.norms.momentum_from_pytorch`). The
-conventions are those of the Linen module's docstring.
+``axis``, ``momentum=0.99``, ``epsilon=1e-5``, ``promote_dtype``, ...),
+variables (``scale``, ``bias`` as `nnx.Param`; ``mean``, ``var`` as float32
+`nnx.BatchStat`), output dtype (the promotion of the input, the parameters and
+the float32 statistics, unless ``dtype`` is set) and modes (the constructor or
+call argument, ``model.train()`` / ``model.eval()``, `nnx.view`), computed by
+`normlab.norms.BatchNorm`: accurate variance at large offsets, count-weighted
+cross-device statistics (``axis_name`` under `jax.shard_map`),
+``virtual_batch_size`` (ghost batches, per-device statistics, device groups
+or every device), ``update_stats=False`` (evaluation with batch statistics)
+and ``unbiased_running_var`` (PyTorch's running variance; convert PyTorch's
+momentum with `normlab.norms.momentum_from_pytorch`). The conventions are
+those of the Linen module's docstring.
 
 Example::
 
@@ -24,13 +26,9 @@ Example::
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-
 from normlab import norms
 from normlab.nnx.shell import StatefulNorm
 from normlab.norms import functional as F
-
-RUNNING_STATS = {'mean': ('batch_stats', jnp.zeros), 'var': ('batch_stats', jnp.ones)}
 
 
 class BatchNorm(StatefulNorm):
@@ -43,10 +41,9 @@ class BatchNorm(StatefulNorm):
     """
 
     linen = norms.BatchNorm
-    state_specs = RUNNING_STATS
 
-    def param_axes(self, x):
-        return F.canonical_axes(x.ndim, self.axis, what=f'{type(self).__name__}(axis)')
+    def param_axes(self, ndim):
+        return F.canonical_axes(ndim, self.axis, what=f'{type(self).__name__}(axis)')
 
     def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
         """Normalizes `x` (examples on axis 0, features on ``self.axis``).

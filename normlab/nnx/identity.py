@@ -10,7 +10,6 @@ class NoNorm(NormShell):
     """Returns its input unchanged (cast to ``dtype`` if set); no variables."""
 
     linen = norms.NoNorm
-    param_specs = {}
     promotes = False
 
     def __call__(self, x, *, mask=None):

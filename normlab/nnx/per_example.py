@@ -11,7 +11,6 @@ from __future__ import annotations
 from normlab import norms
 from normlab.nnx.shell import NormShell
 from normlab.norms import functional as F
-from normlab.norms.validation import channel_groups, check_group_spec
 
 
 class LayerNorm(NormShell):
@@ -20,8 +19,8 @@ class LayerNorm(NormShell):
 
     linen = norms.LayerNorm
 
-    def param_axes(self, x):
-        return F.canonical_axes(x.ndim, self.feature_axes, what='LayerNorm(feature_axes)')
+    def param_axes(self, ndim):
+        return F.canonical_axes(ndim, self.feature_axes, what='LayerNorm(feature_axes)')
 
     def __call__(self, x, *, mask=None):
         return self._apply(x, mask=mask)
@@ -31,10 +30,9 @@ class RMSNorm(NormShell):
     """Root-mean-square normalization over `normlab.norms.RMSNorm` (a scale, no bias)."""
 
     linen = norms.RMSNorm
-    param_specs = {'scale': NormShell.param_specs['scale']}
 
-    def param_axes(self, x):
-        return F.canonical_axes(x.ndim, self.feature_axes, what='RMSNorm(feature_axes)')
+    def param_axes(self, ndim):
+        return F.canonical_axes(ndim, self.feature_axes, what='RMSNorm(feature_axes)')
 
     def __call__(self, x, mask=None):
         return self._apply(x, mask=mask)
@@ -45,8 +43,8 @@ class InstanceNorm(NormShell):
 
     linen = norms.InstanceNorm
 
-    def param_axes(self, x):
-        return F.canonical_axes(x.ndim, self.feature_axes, what='InstanceNorm(feature_axes)')
+    def param_axes(self, ndim):
+        return F.canonical_axes(ndim, self.feature_axes, what='InstanceNorm(feature_axes)')
 
     def __call__(self, x, *, mask=None):
         return self._apply(x, mask=mask)
@@ -56,21 +54,22 @@ class GroupNorm(NormShell):
     """Group normalization over `normlab.norms.GroupNorm`.
 
     As in `flax.nnx.GroupNorm`, give ``num_groups`` (default 32) or
-    ``group_size`` (with ``num_groups=None``); both attributes then hold the
-    resolved sizes for ``num_features`` channels.
+    ``group_size`` (with ``num_groups=None``); afterwards both attributes hold
+    the sizes used for ``num_features`` channels.
     """
 
     linen = norms.GroupNorm
 
     def __init__(self, num_features: int, *, rngs, **options):
-        spec = {k: options.pop(k, getattr(self.linen, k)) for k in ('num_groups', 'group_size')}
-        check_group_spec('GroupNorm', *spec.values())
-        groups = channel_groups('GroupNorm', *spec.values(), num_features)
-        super().__init__(num_features, rngs=rngs, num_groups=groups, **options)
-        self.group_size = num_features // groups
+        super().__init__(num_features, rngs=rngs, **options)
+        groups = self.linen_module().num_groups_for(num_features)
+        self.num_groups, self.group_size = groups, num_features // groups
 
     def linen_options(self):
-        return {**super().linen_options(), 'group_size': None}
+        options = super().linen_options()
+        if options['num_groups'] is not None:  # resolved: the group count alone says it
+            options['group_size'] = None
+        return options
 
     def __call__(self, x, *, mask=None):
         return self._apply(x, mask=mask)

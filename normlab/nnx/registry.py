@@ -15,7 +15,7 @@ from normlab.nnx.batch_renorm import BatchRenorm
 from normlab.nnx.identity import NoNorm
 from normlab.nnx.per_example import GroupNorm, InstanceNorm, LayerNorm, RMSNorm
 from normlab.nnx.response_norms import EvoNormB0, EvoNormS0, FilterResponseNorm
-from normlab.nnx.shell import NormShell, StatefulNorm
+from normlab.nnx.shell import NormShell
 
 SHELLS: tuple[type[NormShell], ...] = (
     BatchNorm,
@@ -59,4 +59,4 @@ def make_norm(name: str, num_features: int, *, rngs: nnx.Rngs, **kwargs) -> Norm
 def is_stateful(norm: NormShell | str) -> bool:
     """Whether a norm (a module or a registered name) keeps running statistics."""
     cls = shell_for(norm) if isinstance(norm, str) else type(norm)
-    return issubclass(cls, StatefulNorm)
+    return cls.stateful

@@ -3,11 +3,12 @@
 Every `normlab.nnx` norm is a `NormShell`: it owns `nnx.Param` / `nnx.BatchStat`
 variables as plain attributes (as `flax.nnx` norms do) and, when called, builds
 the `normlab.norms` Linen module with the same options and applies it to those
-values. So the axes, the layouts of `virtual_batch_size`, the checks and every
-statistic come from one place (`normlab.norms` over `normlab.norms.functional`):
-the two APIs cannot drift apart, and an option added to a Linen norm is an
-NNX option too. Building and applying the Linen module happens while tracing;
-under `nnx.jit` the compiled program is the Linen one's.
+values. So the axes, the layouts of `virtual_batch_size`, the checks, the
+variables and every statistic come from one place (`normlab.norms` over
+`normlab.norms.functional`): the two APIs cannot drift apart, and an option or
+variable added to a Linen norm is one of the NNX norm too. Building and
+applying the Linen module happens while tracing; under `nnx.jit` the compiled
+program is the Linen one's.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -23,47 +24,25 @@ from flax import nnx
 from flax.nnx.nn import dtypes
 
 from normlab.norms.batch_norm import BATCH_MOMENTS
-from normlab.norms.batch_renorm import STEPS_COLLECTION
 
 
-class ParamSpec(NamedTuple):
-    """One learned parameter of a norm.
+class NormState(nnx.Variable):
+    """A norm's state that is neither a parameter nor a batch statistic.
 
-    Attributes:
-      enabled_by: the boolean option that switches it on (None: always there).
-      init: the option holding its initializer, or the initializer itself.
-      per_feature: shaped ``(num_features,)`` (else a scalar).
-      dtype: its dtype; None uses the norm's ``param_dtype``.
-    """
-
-    enabled_by: str | None
-    init: str | Callable
-    per_feature: bool = True
-    dtype: Any = None
-
-
-AFFINE = {
-    'scale': ParamSpec('use_scale', 'scale_init'),
-    'bias': ParamSpec('use_bias', 'bias_init'),
-}
-
-
-class NormSteps(nnx.Variable):
-    """A norm's count of training steps (Batch Renorm's clip ramp; Linen's ``norm_steps``).
-
-    Not a batch statistic, so code that averages or resets `nnx.BatchStat`
-    never touches it, and not an `nnx.Param`, so optimizers leave it alone.
+    It holds the variables of any other Linen collection a norm declares, so
+    optimizers (``wrt=nnx.Param``) and code that averages or resets
+    `nnx.BatchStat` leave it alone.
     """
 
 
-# The NNX variable type of each Linen collection a norm reads or writes.
-VARIABLE_TYPES: dict[str, type[nnx.Variable]] = {
-    'params': nnx.Param,
-    'batch_stats': nnx.BatchStat,
-    STEPS_COLLECTION: NormSteps,
-}
+def variable_type(collection: str) -> type[nnx.Variable]:
+    """The NNX variable type that holds a Linen collection's variables."""
+    return {'params': nnx.Param, 'batch_stats': nnx.BatchStat}.get(collection, NormState)
+
 
 _NOT_OPTIONS = ('parent', 'name')
+# Options that name axes of the input; the init input has enough of them.
+_AXIS_OPTIONS = ('axis', 'reduction_axes', 'feature_axes')
 
 _RUNNING_AVERAGE_HELP = (
     'pass use_running_average to the constructor or the call '
@@ -75,16 +54,17 @@ _RUNNING_AVERAGE_HELP = (
 class NormShell(nnx.Module):
     """Base class: an NNX norm computed by its `normlab.norms` Linen namesake.
 
-    Subclasses name the Linen class (`linen`) and declare their variables
-    (`params`, `state`); their options are the Linen class's fields.
+    Subclasses name the Linen class (`linen`); the options are its fields,
+    the variables are those its ``init`` creates for ``num_features``
+    features, each an attribute of its NNX type (`variable_type`), per-feature
+    ones of shape ``(num_features,)`` as in `flax.nnx`. Initializers draw from
+    the key ``rngs.params()`` as Linen draws from its init key (per name), so
+    random initializers give other values than `flax.nnx`'s.
     """
 
     linen: ClassVar[type[nn.Module]]
-    param_specs: ClassVar[Mapping[str, ParamSpec]] = AFFINE
-    # name -> (Linen collection, init(shape, dtype) of a per-feature state array)
-    state_specs: ClassVar[Mapping[str, tuple[str, Callable]]] = {}
-    # Options whose NNX default differs from the Linen one.
-    nnx_defaults: ClassVar[Mapping[str, Any]] = {}
+    # Keeps running statistics (and takes `use_running_average`).
+    stateful: ClassVar[bool] = False
     # Whether `promote_dtype` applies (flax.nnx namesakes take one).
     promotes: ClassVar[bool] = True
 
@@ -112,25 +92,37 @@ class NormShell(nnx.Module):
             raise ValueError(f'{name} takes no promote_dtype (flax.nnx has no {name})')
         self.num_features = num_features
         defaults = {f.name: f.default for f in dataclasses.fields(self.linen) if f.name in fields}
-        for field, value in {**defaults, **self.nnx_defaults, **options}.items():
+        if self.stateful:
+            defaults['use_running_average'] = False  # flax.nnx.BatchNorm's default
+        for field, value in {**defaults, **options}.items():
             setattr(self, field, value)
         if self.promotes:
             self.promote_dtype = promote_dtype or dtypes.promote_dtype
-        self.linen_module()  # the Linen field checks, now rather than at the first call
 
+        # The Linen module's own init (its checks, variables and initializers) on
+        # a one-example input with the features on the parameter axes.
+        rank = 2
+        for option in _AXIS_OPTIONS:
+            axes = getattr(self, option, None)
+            for a in () if axes is None else (axes,) if isinstance(axes, int) else axes:
+                rank = max(rank, a + 1 if a >= 0 else -a)
+        shape = [1] * rank
+        shape[self.param_axes(rank)[0]] = num_features
+        call = {'use_running_average': True} if self.stateful else {}
+        variables = self.linen_module().init(rngs.params(), jnp.zeros(shape), **call)
         metadata = {'scale': scale_metadata, 'bias': bias_metadata}
-        for pname, spec in self.param_specs.items():
-            if spec.enabled_by is not None and not getattr(self, spec.enabled_by):
-                setattr(self, pname, nnx.data(None))
-                continue
-            init = getattr(self, spec.init) if isinstance(spec.init, str) else spec.init
-            shape = (num_features,) if spec.per_feature else ()
-            value = init(rngs.params(), shape, spec.dtype or self.param_dtype)
-            setattr(self, pname, nnx.Param(value, **metadata.get(pname, {})))
-        stats_dtype = jnp.float32 if getattr(self, 'force_float32_reductions', True) else None
-        for sname, (collection, init) in self.state_specs.items():
-            value = init((num_features,), stats_dtype or self.param_dtype)
-            setattr(self, sname, VARIABLE_TYPES[collection](value))
+        collections = {}
+        for collection, values in variables.items():
+            for vname, value in values.items():
+                value = value.reshape(-1) if value.ndim else value
+                var = variable_type(collection)(value, **metadata.get(vname, {}))
+                setattr(self, vname, var)
+                collections[vname] = collection
+        # Which Linen collection each variable goes back to.
+        self.linen_collections = collections
+        for vname in ('scale', 'bias'):  # disabled ones are None, as in flax.nnx
+            if hasattr(self, f'use_{vname}') and vname not in collections:
+                setattr(self, vname, nnx.data(None))
 
     @classmethod
     def option_names(cls) -> list[str]:
@@ -139,7 +131,7 @@ class NormShell(nnx.Module):
         Stateless norms drop ``use_running_average`` (their Linen versions accept
         and ignore it; `flax.nnx`'s take none).
         """
-        skip = _NOT_OPTIONS if cls.state_specs else (*_NOT_OPTIONS, 'use_running_average')
+        skip = _NOT_OPTIONS if cls.stateful else (*_NOT_OPTIONS, 'use_running_average')
         return [f.name for f in dataclasses.fields(cls.linen) if f.init and f.name not in skip]
 
     def linen_options(self) -> dict[str, Any]:
@@ -153,9 +145,9 @@ class NormShell(nnx.Module):
         """The `normlab.norms` module with this module's options."""
         return self.linen(**self.linen_options())
 
-    def param_axes(self, x) -> tuple[int, ...]:
-        """The axes of `x` the parameters run along (default: the last one)."""
-        return (x.ndim - 1,)
+    def param_axes(self, ndim: int) -> tuple[int, ...]:
+        """The axes of a rank-`ndim` input the parameters run along (default: the last)."""
+        return (ndim - 1,)
 
     def _running_average(self, use_running_average: bool | None) -> bool:
         """The call's flag, else the attribute's (flax.nnx's `first_from` rule)."""
@@ -174,29 +166,29 @@ class NormShell(nnx.Module):
           x: the input.
           use_running_average: the resolved mode of a stateful norm (None for
             stateless ones).
-          **call: further keyword arguments of the Linen call (``mask``).
+          **call: further keyword arguments of the Linen call (``mask``); None
+            ones are left out.
         """
-        axes = self.param_axes(x)
+        axes = self.param_axes(x.ndim)
+        feature_shape = tuple(x.shape[a] for a in axes)
         features = 1
-        for a in axes:
-            features *= x.shape[a]
+        for size in feature_shape:
+            features *= size
         if features != self.num_features:
             raise ValueError(
                 f'{type(self).__name__}(num_features={self.num_features}) got an input of shape '
                 f'{x.shape} with {features} features on axes {axes}'
             )
-        feature_shape = tuple(x.shape[a] for a in axes)
-        params = {}
-        for pname, spec in self.param_specs.items():
-            p = getattr(self, pname)
-            if p is not None:
-                params[pname] = p[...].reshape(feature_shape) if spec.per_feature else p[...]
-        variables = {'params': params}
-        for sname, (collection, _) in self.state_specs.items():
-            variables.setdefault(collection, {})[sname] = getattr(self, sname)[...]
+        variables = {}
+        for vname, collection in self.linen_collections.items():
+            value = getattr(self, vname)[...]
+            variables.setdefault(collection, {})[vname] = (
+                value.reshape(feature_shape) if value.ndim else value
+            )
         if self.promotes:
             # flax.nnx's rule: the input, parameters and running statistics share one
             # dtype. The statistics themselves stay float32 (flax would round them).
+            params = variables.get('params', {})
             affine = [k for k in ('scale', 'bias') if k in params]
             stats = list(variables.get('batch_stats', {}).values())
             x, *promoted = self.promote_dtype(
@@ -204,6 +196,7 @@ class NormShell(nnx.Module):
             )
             params.update(zip(affine, promoted, strict=False))
 
+        call = {k: v for k, v in call.items() if v is not None}
         training = use_running_average is False
         mutable = []
         if training and getattr(self, 'update_stats', True):
@@ -220,12 +213,12 @@ class NormShell(nnx.Module):
         if sown is not None:
             self.sow(nnx.Intermediate, BATCH_MOMENTS, sown)
         for collection in updates.values():
-            for sname, value in collection.items():
-                getattr(self, sname)[...] = value
+            for vname, value in collection.items():
+                getattr(self, vname)[...] = value.reshape(-1) if value.ndim else value
         return y
 
     def records_batch_moments(self) -> bool:
-        """Whether training calls keep their batch statistics for precise BN."""
+        """Whether training calls keep their batch statistics (set by precise BN's copy)."""
         return getattr(self, '_record_batch_moments', False)
 
 
@@ -239,7 +232,7 @@ class StatefulNorm(NormShell):
     wins over the attribute.
     """
 
-    nnx_defaults = {'use_running_average': False}
+    stateful = True
 
     def set_view(self, use_running_average: bool | None = None, update_stats: bool | None = None):
         """Used by `nnx.view`: ``nnx.view(model, use_running_average=True)`` evaluates;

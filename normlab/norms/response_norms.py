@@ -25,9 +25,6 @@ from normlab.norms.validation import (
     check_momentum,
 )
 
-# The learned part of FRN's epsilon starts here (shared with normlab.nnx).
-LEARNED_EPSILON_INIT = nn.initializers.constant(1e-4)
-
 
 def _channel_shapes(x):
     c = x.shape[-1]
@@ -90,7 +87,7 @@ class FilterResponseNorm(nn.Module):
         scale, bias = affine_params(self, feature_shape, bshape)
         eps = self.epsilon
         if self.learnable_epsilon:
-            eps = eps + jnp.abs(self.param('eps', LEARNED_EPSILON_INIT, (), jnp.float32))
+            eps = eps + jnp.abs(self.param('eps', nn.initializers.constant(1e-4), (), jnp.float32))
         xf = x.astype(F.stats_dtype(x.dtype))
         nu2 = jnp.mean(jnp.square(xf), axis=tuple(range(1, x.ndim - 1)), keepdims=True)
         y = F.normalize(xf, 0.0, nu2, epsilon=eps, scale=scale, bias=bias)
