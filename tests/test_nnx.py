@@ -6,6 +6,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from flax.core import FrozenDict
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
@@ -106,9 +107,14 @@ PARITY = [
 ]
 
 
-@pytest.mark.parametrize('dtype', [F32, BF16], ids=['f32', 'bf16'])
+# bfloat16 for every norm, with and without a mask; the other variants in float32.
+BF16_CASES = ('bn', 'bn_mask', 'ln', 'ln_mask', 'gn', 'gn_mask', 'in', 'rms', 'rms_mask')
+
+
 @pytest.mark.parametrize(
-    'ours,theirs,kwargs,shape,masked', [p[1:] for p in PARITY], ids=[p[0] for p in PARITY]
+    'ours,theirs,kwargs,shape,masked,dtype',
+    [(*p[1:], F32) for p in PARITY] + [(*p[1:], BF16) for p in PARITY if p[0] in BF16_CASES],
+    ids=[f'{p[0]}-f32' for p in PARITY] + [f'{p[0]}-bf16' for p in PARITY if p[0] in BF16_CASES],
 )
 def test_parity_with_flax_nnx(ours, theirs, kwargs, shape, masked, dtype):
     features = shape[kwargs.get('axis', -1)]
@@ -448,6 +454,21 @@ def test_to_nnx_bridge_trains_a_linen_model_with_normlab_batch_norm():
     assert batch_mean.shape == (16, 3)
     assert losses[-1] < losses[0]
     assert not np.allclose(jax.tree.leaves(after)[0], jax.tree.leaves(before)[0])
+
+
+def test_to_linen_bridge_gives_linen_variables_and_the_same_update():
+    x = rand((8, 4), loc=3.0)
+    layer = nnx.bridge.ToLinen(nlnnx.BatchNorm, args=(4,), kwargs=FrozenDict(momentum=0.5))
+    v = layer.init(jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, v) == {
+        'params': {'scale': (4,), 'bias': (4,)},
+        'batch_stats': {'mean': (4,), 'var': (4,)},
+    }
+    y, updates = layer.apply(v, x, mutable=['batch_stats'])
+    direct = nlnnx.BatchNorm(4, momentum=0.5, rngs=nnx.Rngs(0))
+    direct.mean[...], direct.var[...] = v['batch_stats']['mean'], v['batch_stats']['var']
+    np.testing.assert_allclose(y, direct(x), atol=1e-6)
+    np.testing.assert_allclose(updates['batch_stats']['mean'], direct.mean[...], atol=1e-6)
 
 
 # (constructor or call that must fail, words its error must contain)
