@@ -79,9 +79,9 @@ def recompute_batch_stats(
       recompute_batch_stats(model, (b['image'] for b in batches), num_batches=200)
       model.eval()
     """
-    fn = moments_fn or batch_moments_fn(model, **call_kwargs)
     if not any(isinstance(m, StatefulNorm) for _, m in nnx.iter_modules(model)):
         raise ValueError('recompute_batch_stats: the model has no stateful normlab.nnx norm')
+    fn = moments_fn or batch_moments_fn(model, **call_kwargs)
     state = nnx.state(model)
     averaged = average_over_batches(lambda batch: fn(state, batch), batches, num_batches)
     for path, m in nnx.iter_modules(model):
