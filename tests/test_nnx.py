@@ -525,6 +525,10 @@ BAD = [
         lambda: nlnnx.BatchNorm(2, use_running_average=None, rngs=nnx.Rngs(0))(rand((8, 2))),
         ['use_running_average', 'nnx.view', 'model.eval()'],
     ),
+    (
+        lambda: nlnnx.recompute_batch_stats(nlnnx.LayerNorm(2, rngs=nnx.Rngs(0)), [rand((8, 2))]),
+        ['no stateful'],
+    ),
 ]
 
 
