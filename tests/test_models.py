@@ -129,7 +129,14 @@ def test_every_norm_runs(norm_name):
 
 @pytest.mark.parametrize(
     ('name', 'num_classes', 'expected'),
-    [('resnet18', 1000, 11_689_512), ('resnet50', 1000, 25_557_032), ('resnet20', 10, 269_722)],
+    [
+        ('resnet18', 1000, 11_689_512),
+        ('resnet34', 1000, 21_797_672),
+        ('resnet50', 1000, 25_557_032),
+        ('resnet101', 1000, 44_549_160),
+        ('resnet152', 1000, 60_192_808),
+        ('resnet20', 10, 269_722),
+    ],
 )
 def test_published_parameter_counts(name, num_classes, expected):
     model = models.create(name, num_classes=num_classes, norm=make_norm('batch_norm'))
@@ -145,6 +152,25 @@ def test_projection_shortcuts_add_parameters():
 
     # Two 1x1 projections (16->32, 32->64), each with its norm's scale and bias.
     assert count(shortcut='projection') - count() == 16 * 32 + 2 * 32 + 32 * 64 + 2 * 64
+
+
+def test_pre_activation_blocks_have_no_last_norm_to_zero():
+    model = _create('preact_resnet20', make_norm('batch_norm'), zero_init_last_norm=True)
+    with pytest.raises(ValueError, match='zero_init_last_norm must be False'):
+        jax.eval_shape(model.init, jax.random.key(0), _spec((1, 4, 4, 3)))
+
+
+def test_identity_shortcuts_on_bottleneck_blocks():
+    """Zero-padded shortcuts drop every projection: 1x1 convs and (v1) their norms."""
+
+    def count(name, **kwargs):
+        model = _create(name, make_norm('batch_norm'), width=2, stage_sizes=(1, 1), **kwargs)
+        return _num_params(jax.eval_shape(model.init, jax.random.key(0), _spec((1, 8, 8, 3))))
+
+    # Stage 1 projects 2 -> 8 channels, stage 2 8 -> 16 (bottleneck outputs are 4x wide).
+    convs = 2 * 8 + 8 * 16
+    assert count('resnet50') - count('resnet50', shortcut='identity') == convs + 2 * (8 + 16)
+    assert count('preact_resnet50') - count('preact_resnet50', shortcut='identity') == convs
 
 
 def test_registry():
@@ -280,6 +306,14 @@ def test_conditional_gan_with_spectral_norm_composes():
     # and dense layer (2 + 1) is wrapped; only train mode updates the state.
     assert set(d_vars) == set(d_state) | {'params'} == {'params', 'spectral_stats'}
     assert calls == [True] * 3 + [True] * 3 + [False] * 3
+    # Spectral norm wraps layers without renaming their parameters.
+    plain = models.create(
+        'dcgan_discriminator', num_classes=3, norm=make_norm('layer_norm'), width=2
+    )
+    plain_vars = jax.eval_shape(
+        functools.partial(plain.init, labels=labels), jax.random.key(0), fake
+    )
+    assert jax.tree.structure(plain_vars['params']) == jax.tree.structure(d_vars['params'])
     with pytest.raises(ValueError, match='pass labels'):
         jax.eval_shape(functools.partial(generator.apply, train=False), g_vars, z)
     with pytest.raises(ValueError, match='unconditional'):

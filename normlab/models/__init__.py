@@ -14,10 +14,11 @@ passes everything else to the model's constructor, so a typo'd keyword fails lou
 layer themselves. Names:
 
 * ``resnet18/34/50/101/152`` (ImageNet v1.5) and ``preact_resnet18/...`` (v2);
-  kwargs ``width``, ``conv``, ``act``, ``norm_position``, ``zero_init_last_norm``
-  (v1 only), ``dtype``.
+  kwargs ``width``, ``shortcut`` (``'projection'``, their default, or ``'identity'``),
+  ``conv``, ``act``, ``norm_position``, ``zero_init_last_norm`` (v1 only), ``dtype``.
 * ``resnet20/32/44/56/110`` (CIFAR, He et al. 2016) and ``preact_resnet20/...``;
-  the same kwargs plus ``shortcut`` (``'identity'`` or ``'projection'``).
+  the same kwargs, ``shortcut`` defaulting to ``'identity'``. Every ResNet is one
+  class, ``resnet.ResNet``, with its stem, blocks, shortcut and pre-activation bound.
 * ``nf_resnet20/.../110`` (CIFAR-shaped) and ``nf_resnet18/.../152`` (ImageNet-shaped):
   ``norm`` must be ``make_norm('none')``; kwargs ``width``, ``alpha``, ``act``, ``conv``,
   ``dtype``.

@@ -47,13 +47,12 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from normlab.models.common import (
-    ModuleDef,
     as_logits,
     check_norm_position,
     get_activation,
     norm_act,
 )
-from normlab.norms import SpectralNorm
+from normlab.norms import ModuleDef, SpectralNorm
 
 
 def stage_plan(image_size: int) -> tuple[int, int]:
@@ -220,9 +219,10 @@ class Discriminator(nn.Module):
         norm = functools.partial(self.norm, use_running_average=not train, dtype=self.dtype)
 
         def layer(make, name):
-            # With spectral norm the wrapper takes the layer's name and holds the layer.
+            # The layer keeps its name (and its params' paths) with or without spectral
+            # norm; the wrapper beside it holds the power-iteration state.
             if self.spectral_norm:
-                wrapped = SpectralNorm(make(name=None), name=name)
+                wrapped = SpectralNorm(make(name=name), name=f'{name}_spectral_norm')
                 return lambda h: wrapped(h, update_stats=train)
             return make(name=name)
 
