@@ -186,8 +186,27 @@ def test_registry():
         models.register('cnn', models.MODELS['cnn'])
     with pytest.raises(TypeError, match='make_norm'):
         models.create('cnn', num_classes=10, norm=None)
-    with pytest.raises(TypeError):  # a typo'd model option fails loudly
+    with pytest.raises(TypeError, match='takes no option widht; its options: widths'):
         models.create('cnn', num_classes=10, norm=make_norm('none'), widht=3)
+    assert 'norm_position' not in models.model_fields('nf_resnet20')
+    # None is "unset": the model's own default.
+    default = models.create('cnn', num_classes=10, norm=make_norm('none'), widths=None)
+    assert default.widths == models.MODELS['cnn'].widths
+
+
+@pytest.mark.parametrize(
+    ('name', 'num_classes', 'match'),
+    [
+        ('cnn', 0, 'positive int, got 0'),
+        ('resnet20', None, 'positive int, got None'),
+        ('mlp', True, 'positive int, got True'),
+        ('dcgan_generator', None, r'int >= 0 \(0: unconditional\), got None'),
+        ('dcgan_discriminator', -1, 'got -1'),
+    ],
+)
+def test_num_classes_is_a_count(name, num_classes, match):
+    with pytest.raises(ValueError, match=match):
+        models.create(name, num_classes=num_classes, norm=make_norm('none'))
 
 
 @pytest.mark.parametrize(
