@@ -2,7 +2,8 @@
 
 ``mode='auto'`` logs online when credentials are present and offline
 otherwise (sync later with ``wandb sync DIR/wandb/offline-run-*``); an online
-start that fails (no network) falls back to offline. Only process 0 logs.
+start that fails (no network) falls back to offline (`resolve_mode`, `start_run`,
+shared with a study's summary run). Only process 0 logs.
 The run id is stored in the work directory so a resumed run continues the
 same W&B run.
 """
@@ -17,6 +18,10 @@ import jax
 import ml_collections
 from absl import logging
 from flax import traverse_util
+
+# How long `wandb.init` may wait for W&B before failing over to offline logging (W&B's
+# own default is 90 s): a run without network starts training after at most this.
+INIT_TIMEOUT_S = 30
 
 
 def flat_config(config: ml_collections.ConfigDict) -> dict:
@@ -35,70 +40,93 @@ def has_credentials() -> bool:
 
 
 def run_tags(config) -> list[str]:
-    tags = [
-        f'norm:{config.norm.name}',
-        f'batch:{config.batch_size}',
-        f'model:{config.model}',
-        f'dataset:{config.dataset}',
-    ]
-    if config.study:
+    """A run's W&B tags, for either trainer: what its study varies (the norms, the
+    model or loss), its dataset and batch size, its study, then ``config.wandb.tags``."""
+    if config.trainer == 'gan':
+        d = config.discriminator
+        varied = [
+            'gan',
+            f'g_norm:{config.generator.norm.name}',
+            f'd_norm:{d.norm.name}' + ('+spectral' if d.spectral_norm else ''),
+            f'loss:{config.loss}',
+        ]
+    else:
+        varied = [f'norm:{config.norm.name}', f'model:{config.model}']
+    tags = [*varied, f'dataset:{config.dataset}', f'batch:{config.batch_size}']
+    if config.study is not None:
         tags.append(f'study:{config.study}')
     return tags + list(config.wandb.tags)
+
+
+def resolve_mode(mode: str) -> str:
+    """``config.wandb.mode`` as W&B takes it: 'auto' is online with credentials and
+    offline without; 'online' without credentials is offline too (with a warning)."""
+    if mode not in ('auto', 'online'):
+        return mode
+    if has_credentials():
+        return 'online'
+    if mode == 'online':
+        logging.warning('wandb.mode=online but no W&B credentials: logging offline')
+    return 'offline'
+
+
+def start_run(mode: str, run_id: str, **init_kwargs):
+    """``(run, mode)`` of ``wandb.init`` that never stops the caller: ``(None, 'disabled')``
+    if every attempt fails.
+
+    Fallbacks, in order: offline if online fails (no network); a new run id if the
+    old one is still held (a killed process's W&B service); no W&B at all rather
+    than no training.
+    """
+    import wandb  # imported lazily: it is slow to import
+
+    settings = wandb.Settings(console='off', init_timeout=INIT_TIMEOUT_S, silent=True)
+    attempts = [(mode, run_id)]
+    if mode == 'online':
+        attempts.append(('offline', run_id))
+    attempts.append(('offline', secrets.token_hex(4)))
+    for mode, run_id in attempts:
+        try:
+            return wandb.init(mode=mode, id=run_id, settings=settings, **init_kwargs), mode
+        except Exception as e:  # noqa: BLE001 - a W&B failure must not stop the caller
+            logging.warning('W&B %s start failed (%s)', mode, str(e).splitlines()[-1:])
+    logging.warning('W&B disabled; the files are still written')
+    return None, 'disabled'
 
 
 class WandbRun:
     """Thin wrapper: `log`, `summary`, `finish`; a no-op off process 0 or when disabled."""
 
-    def __init__(self, config, workdir: str, *, tags: list[str] | None = None):
+    def __init__(self, config, workdir: str):
         self.run = None
         self.mode = 'disabled'
         if jax.process_index() != 0 or config.wandb.mode == 'disabled':
             return
-        import wandb  # imported lazily: it is slow to import
-
-        mode = config.wandb.mode
-        if mode in ('auto', 'online') and not has_credentials():
-            if mode == 'online':
-                logging.warning('wandb.mode=online but no W&B credentials: logging offline')
-            mode = 'offline'
-        elif mode == 'auto':
-            mode = 'online'
         id_path = os.path.join(workdir, 'wandb_run_id')
         if os.path.exists(id_path):
             with open(id_path) as f:
                 run_id = f.read().strip()
         else:  # `wandb agent` names the run it expects in WANDB_RUN_ID
             run_id = os.environ.get('WANDB_RUN_ID') or secrets.token_hex(4)
-        kwargs = dict(
+        self.run, self.mode = start_run(
+            resolve_mode(config.wandb.mode),
+            run_id,
             project=config.wandb.project,
             entity=config.wandb.entity,
-            group=config.wandb.group or config.study,
-            name=config.wandb.name or os.path.basename(os.path.abspath(workdir)),
-            tags=tags if tags is not None else run_tags(config),
+            group=config.wandb.group if config.wandb.group is not None else config.study,
+            name=(
+                config.wandb.name
+                if config.wandb.name is not None
+                else os.path.basename(os.path.abspath(workdir))
+            ),
+            tags=run_tags(config),
             config=flat_config(config),
             dir=workdir,
             resume='allow',
-            settings=wandb.Settings(console='off', init_timeout=30, silent=True),
         )
-        # Fallbacks, in order: offline if online fails (no network); a new run id
-        # if the old one is still held (a killed process's W&B service); no W&B
-        # at all rather than no training.
-        attempts = [(mode, run_id)]
-        if mode == 'online':
-            attempts.append(('offline', run_id))
-        attempts.append(('offline', secrets.token_hex(4)))
-        for mode, run_id in attempts:
-            try:
-                self.run = wandb.init(mode=mode, **{**kwargs, 'id': run_id})
-                break
-            except Exception as e:  # noqa: BLE001 - a W&B failure must not stop training
-                logging.warning('W&B %s start failed (%s)', mode, str(e).splitlines()[-1:])
-        if self.run is None:
-            logging.warning('W&B disabled for this run; its files are still written')
-            return
-        self.mode = mode
-        with open(id_path, 'w') as f:
-            f.write(run_id)
+        if self.run is not None:
+            with open(id_path, 'w') as f:
+                f.write(self.run.id)
 
     def log(self, metrics: dict, step: int) -> None:
         if self.run is not None:

@@ -197,21 +197,6 @@ def init_state(config, generator, discriminator, g_tx, d_tx, mesh) -> GANState:
     return run_init(init, parallel.replicated(mesh))
 
 
-def run_tags(config) -> list[str]:
-    d_norm = config.discriminator.norm.name
-    tags = [
-        'gan',
-        f'dataset:{config.dataset}',
-        f'g_norm:{config.generator.norm.name}',
-        f'd_norm:{d_norm}' + ('+spectral' if config.discriminator.spectral_norm else ''),
-        f'loss:{config.loss}',
-        f'batch:{config.batch_size}',
-    ]
-    if config.study:
-        tags.append(f'study:{config.study}')
-    return tags + list(config.wandb.tags)
-
-
 def _real_batches(config, start_step: int, data_kwargs: dict):
     """Host batches for one train step: ``discriminator.steps`` real batches stacked on
     axis 1. Unaugmented: a GAN should learn the data, not its augmentations."""
@@ -268,7 +253,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         cache_dir=config.eval.cache_dir,
         steps=config.eval.classifier_steps,
     )
-    wandb_run = WandbRun(config, workdir, tags=run_tags(config))
+    wandb_run = WandbRun(config, workdir)
     g_params = optim.count_params(state.generator.params)
     d_params = optim.count_params(state.discriminator.params)
     logging.info(
