@@ -82,12 +82,14 @@ def create(name: str, *, num_classes: int, norm, **kwargs) -> nn.Module:
             f"norm must be a factory from normlab.norms.make_norm (use make_norm('none') for "
             f'no normalization), got {norm!r}'
         )
-    unknown = sorted(set(kwargs) - set(fields))
+    # None is "unset": the model's default, even for an option it does not have (a
+    # study that swaps the model keeps the other model's unset options).
+    options = {k: v for k, v in kwargs.items() if v is not None}
+    unknown = sorted(set(options) - set(fields))
     if unknown:
         raise TypeError(
             f'{name} takes no option {", ".join(unknown)}; its options: {", ".join(fields)}'
         )
-    options = {k: v for k, v in kwargs.items() if v is not None}
     return MODELS[name](num_classes=num_classes, norm=norm, **options)
 
 
