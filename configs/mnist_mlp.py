@@ -8,15 +8,14 @@ reach ~1.5%). ``norm=none`` is the paper's baseline. ``dataset=digits`` runs
 the same MLP offline on the 8x8 digits.
 """
 
-from normlab.config import classifier_config, parse_arg
+from normlab.config import classifier_config, parse_arg, set_model, shrink_classifier_for_smoke
 
 
 def get_config(arg=None):
     arg = parse_arg(arg, norm='batch_norm', batch_size=60, dataset='mnist', smoke=False)
     c = classifier_config()
     c.dataset = arg.dataset
-    c.model = 'mlp'
-    c.model_options = {'widths': (100, 100, 100), 'act': 'sigmoid'}
+    set_model(c, 'mlp', widths=(100, 100, 100), act='sigmoid')
     c.norm.name = arg.norm
     c.batch_size = arg.batch_size
     c.base_batch_size = 60
@@ -27,8 +26,5 @@ def get_config(arg=None):
     c.eval_batch_size = 1000 if arg.dataset != 'digits' else 360
     c.record_preactivations = True
     if arg.smoke:
-        c.num_train_steps = 6
-        c.log_every_steps = 2
-        c.checkpoint_every_steps = 3
-        c.eval_batch_size = 120
+        shrink_classifier_for_smoke(c)  # the paper's 3x100 MLP is small already
     return c

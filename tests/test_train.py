@@ -119,7 +119,6 @@ def test_init_takes_any_seed_and_seeds_decide_the_weights():
 
 def test_cpu_fusion_off_reaches_the_compiled_step_and_changes_no_number(tmp_path):
     import numpy as np
-
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 

@@ -47,7 +47,7 @@ def run_sweep(
     wandb_note = ''
     if log_wandb:
         mode = wandb_runs.log_summary(
-            study, base.wandb.to_dict(), out.table, records, workdir, out.plot_paths, out.findings
+            study, base.wandb, out.table, records, workdir, out.plot_paths, out.findings
         )
         wandb_note = f'; W&B group {study.name!r} ({mode})'
     echo(f'\n{out.tables_text}\n')
@@ -81,20 +81,21 @@ def compare_local(workdir: str, *, config: str | None = None, out_dir: str | Non
     """Outputs rebuilt from `workdir`'s run directories (see the module docstring)."""
     if not os.path.isdir(workdir):
         raise StudyError(f'--workdir={workdir!r} is not a directory')
-    source = config or outputs.read_study_source(workdir)
+    source = config if config is not None else outputs.read_study_source(workdir)
     if source is None:
         raise StudyError(f'{workdir} has no {outputs.STUDY_FILE}; name the study with --config')
     study = load_study(source)
     records = results.local_records(study, workdir)
     if not records:
         raise StudyError(f'no runs of study {study.name!r} in {workdir}')
-    return outputs.write_outputs(study, records, out_dir or workdir), len(records)
+    out_dir = out_dir if out_dir is not None else workdir
+    return outputs.write_outputs(study, records, out_dir), len(records)
 
 
 def compare_wandb(project: str, group: str, *, config: str | None = None, out_dir: str):
     """Outputs rebuilt from the training runs of W&B `project` (ENTITY/PROJECT), `group`."""
     runs = wandb_runs.fetch_runs(project, group)
-    source = config or wandb_runs.study_source(runs)
+    source = config if config is not None else wandb_runs.study_source(runs)
     if source is None:
         raise StudyError(f'group {group!r} has no study summary run; name the study with --config')
     study = load_study(source)

@@ -79,7 +79,6 @@ class Trainer:
         one step's metrics (e.g. a collapsed GAN discriminator).
       progress_metric: the metric the progress line shows.
       description: the run's one-line description for the log.
-      tags: W&B tags.
       summary: ``state -> dict`` of extra summary entries (parameter counts, ...).
     """
 
@@ -92,7 +91,6 @@ class Trainer:
     check: Callable[[int, dict], str | None] | None = None
     progress_metric: str = 'train/loss'
     description: str = ''
-    tags: list[str] | None = None
     summary: Callable[[Any], dict] | None = None
 
 
@@ -215,7 +213,7 @@ def _run(config, workdir: str, trainer: Trainer) -> dict:
     if is_chief:
         files.write_config(config)
         files.truncate_metrics(start)
-    wandb_run = WandbRun(config, workdir, tags=trainer.tags)
+    wandb_run = WandbRun(config, workdir)
     logging.info('%s; W&B %s', trainer.description, wandb_run.mode)
 
     progress = Progress(total, start, trainer.examples_per_step, enabled=is_chief)

@@ -197,21 +197,6 @@ def _step_fn(config, generator, discriminator, g_tx, d_tx):
     )
 
 
-def run_tags(config) -> list[str]:
-    d_norm = config.discriminator.norm.name
-    tags = [
-        'gan',
-        f'dataset:{config.dataset}',
-        f'g_norm:{config.generator.norm.name}',
-        f'd_norm:{d_norm}' + ('+spectral' if config.discriminator.spectral_norm else ''),
-        f'loss:{config.loss}',
-        f'batch:{config.batch_size}',
-    ]
-    if config.study:
-        tags.append(f'study:{config.study}')
-    return tags + list(config.wandb.tags)
-
-
 def _real_batches(config, start_step: int):
     """Host batches for one train step: ``discriminator.steps`` real batches stacked on
     axis 1. Unaugmented: a GAN should learn the data, not its augmentations."""
@@ -351,7 +336,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             f'{config.batch_size} on {jax.device_count()} device(s); feature classifier '
             f'{100 * classifier.test_accuracy:.2f}% accurate'
         ),
-        tags=run_tags(config),
         summary=lambda state: {
             'eval/classifier_accuracy': classifier.test_accuracy,
             'feature_classifier': classifier.path,
