@@ -1,11 +1,12 @@
 """Benchmark 2: train-step throughput, normlab (JAX) against a PyTorch CPU ResNet-20.
 
 Each contender is one training step on a fixed random batch (throughput does not
-depend on the pixel values): normlab's own train step (`normlab.train.steps.
-make_train_call` with one step per call, under `shard_map` on one device, the optimizer of the config from
-`normlab.train.optim`, the model from `normlab.train.classifier.build_model`) and the
-PyTorch reference in `scripts/torch_resnet20.py` (channels-last, SGD with momentum,
-the same batch size). All steps alternate in one process; compile time is measured
+depend on the pixel values): normlab's own train step
+(`normlab.train.steps.make_train_call`, one step per call, under `shard_map` on one
+device, the optimizer of the config from `normlab.train.optim`, the model from
+`normlab.train.classifier.build_model`) and the PyTorch reference in
+`scripts/torch_resnet20.py` (channels-last, SGD with momentum, the same batch size).
+All steps alternate in one process; compile time is measured
 apart, from a cold cache (the persistent compilation cache is off here).
 
 * ``resnet20``: `configs/cifar10_resnet.py` (depth 20) at batch 128 on 32x32x3 inputs, with
