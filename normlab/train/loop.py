@@ -14,12 +14,12 @@ optionally, its own divergence rule. `run` does the rest, the same way for all:
   ``eval_steps``; ``0`` in ``eval_steps`` evaluates the initial weights), so the
   files hold the same rows and numbers whatever ``steps_per_call`` is. Metrics stay
   on the device until a logging step, so a call costs no host round-trip.
-- **divergence**: every step reports whether its loss, gradients, parameters,
-  optimizer state and batch statistics are finite; a step that is not leaves the
-  state as it was (`normlab.train.state.keep_if`). At the next flush the run stops
-  with `DivergedError` naming that step and the last checkpoint that exists;
-  ``summary.json`` says ``diverged`` with that step and the evaluation of the last
-  good state; the launcher exits 3.
+- **divergence**: every step reports whether its loss and gradients are finite,
+  and every call whether the whole state (parameters, optimizer state, batch
+  statistics) is (`normlab.train.steps.scan_steps`). At the next flush the run
+  stops with `DivergedError` naming the first bad step and the last checkpoint that
+  exists; ``summary.json`` says ``diverged`` with that step (and the evaluation of
+  the last good state when it is still there); the launcher exits 3.
 - only process 0 writes files and logs to W&B.
 """
 
@@ -276,12 +276,11 @@ def _run(config, workdir: str, trainer: Trainer) -> dict:
         )
         message = f'run diverged at step {e.step}: {e}; {where}'
         logging.warning('%s', message)
-        # The state is the last good one (a bad step changes nothing): evaluate it.
-        results = {
-            k: v
-            for k, v in trainer.evaluate(state, e.step - 1).items()
-            if not isinstance(v, np.ndarray)
-        }
+        # With one step per call the state is the last good one: evaluate it.
+        results = {}
+        if _finite_on_host(state):
+            out = trainer.evaluate(state, e.step - 1)
+            results = {k: v for k, v in out.items() if not isinstance(v, np.ndarray)}
         if is_chief:
             files.write_summary(
                 {
@@ -322,6 +321,12 @@ def _run(config, workdir: str, trainer: Trainer) -> dict:
     wandb_run.finish()
     logging.info('done: %d steps in %.1f s', total, summary['wall_s'])
     return summary
+
+
+def _finite_on_host(tree) -> bool:
+    # On the host: eager jnp ops would compile one small program per leaf shape.
+    leaves = jax.device_get(jax.tree.leaves(tree))
+    return all(np.isfinite(x).all() for x in leaves if np.issubdtype(x.dtype, np.inexact))
 
 
 def _last_logged_train(files: RunFiles) -> dict:

@@ -160,10 +160,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         step_fn,
         mesh,
         steps_per_call=k,
-        batch_fn=(
-            steps.resident_batch_fn(train_split, config.batch_size, config.augment)
+        **(
+            steps.resident_batches(train_split, config.batch_size, config.augment, k)
             if on_device
-            else None
+            else {'batch_fn': None}
         ),
         options=multi_step.compiler_options(config),
     )
