@@ -3,7 +3,9 @@
 Models take the result and call it like a layer class: ``norm()`` or
 ``norm(scale_init=zeros)``, after binding the mode once with
 ``functools.partial(norm, use_running_average=not train)`` (every registered
-norm accepts that keyword; stateless ones ignore it).
+norm accepts that keyword; stateless ones ignore it). Every registered norm's
+``__call__`` takes ``mask=`` (positions that count towards its statistics),
+so padded batches never need faking.
 """
 
 from __future__ import annotations
@@ -42,13 +44,15 @@ def register(name: str, cls: type[nn.Module], *, stateful: bool = False, **defau
 register('batch_norm', BatchNorm, stateful=True)
 # Over (H, W, C) for feature maps: the LayerNorm of Ba et al. and of the GN paper.
 register('layer_norm', LayerNorm, reduction_axes=None)
-register('group_norm', GroupNorm)
+# 32 groups where the channels allow, fewer (of >= 2 channels) where they do not
+# (16-channel CIFAR stages): every model takes the registry defaults.
+register('group_norm', GroupNorm, min_group_size=2)
 register('instance_norm', InstanceNorm)
 register('rms_norm', RMSNorm)
 register('batch_renorm', BatchRenorm, stateful=True)
 register('frn', FilterResponseNorm)
 register('evonorm_b0', EvoNormB0, stateful=True)
-register('evonorm_s0', EvoNormS0)
+register('evonorm_s0', EvoNormS0, min_group_size=2)
 register('none', NoNorm)
 
 
