@@ -51,7 +51,8 @@ class Moments(NamedTuple):
       var: the biased (population) variance over the reduced axes, or the mean
         square when the mean is not used (RMSNorm).
       count: how many (unmasked) elements each statistic pooled, summed over
-        devices; used for the unbiased variance correction.
+        devices (0 for a statistic that saw none: its mean and variance are 0);
+        used for the unbiased variance correction and to skip empty batches.
     """
 
     mean: jax.Array
@@ -229,8 +230,7 @@ def moments(
 
     if not use_mean:
         count, sq = pooled(count, wsum(abs_square(x)))
-        count = jnp.maximum(count, 1.0)
-        return Moments(jnp.zeros_like(sq), sq / count, count)
+        return Moments(jnp.zeros_like(sq), sq / jnp.maximum(count, 1.0), count)
 
     def shifted(x, count, weights):
         shift = lax.stop_gradient(_first_element(x, axes, feature_groups))
@@ -241,19 +241,18 @@ def moments(
             ) / (group_size or _group_len(axis_name, axis_index_groups))
         d = x - shift
         count, s1, s2 = pooled(count, wsum(d), wsum(abs_square(d)))
-        seen = count > 0
-        count = jnp.maximum(count, 1.0)
-        mean_d = s1 / count
-        var = jnp.maximum(s2 / count - abs_square(mean_d), 0.0)
+        n = jnp.maximum(count, 1.0)
+        mean_d = s1 / n
+        var = jnp.maximum(s2 / n - abs_square(mean_d), 0.0)
         # A statistic without one unmasked element has mean 0, as in the two passes.
-        return Moments(jnp.where(seen, shift + mean_d, 0.0), var, count)
+        return Moments(jnp.where(count > 0, shift + mean_d, 0.0), var, count)
 
     def two_pass(x, count, weights):
         count, s1 = pooled(count, wsum(x))
-        count = jnp.maximum(count, 1.0)
-        mean = s1 / count
+        n = jnp.maximum(count, 1.0)
+        mean = s1 / n
         (s2,) = pooled(_centered_sum_of_squares(x, mean, weights, tuple(axes), feature_groups))
-        return Moments(mean, s2 / count, count)
+        return Moments(mean, s2 / n, count)
 
     if single_pass not in (True, False, 'always'):
         raise ValueError(f"single_pass={single_pass!r}: valid values are True, False, 'always'")
