@@ -93,3 +93,39 @@ def test_hand_written_derivatives_match_the_textbook_formula(layout, use_mean, m
         return lambda x: jnp.sum(jax.grad(loss(fn))(x, scale, bias) ** 2)
 
     close(jax.grad(grad_norm(ours))(x), jax.grad(grad_norm(textbook))(x))
+
+
+@pytest.mark.parametrize('single_pass', [True, False, 'always'], ids=['cpu', 'two_pass', 'fused'])
+@pytest.mark.parametrize('use_mean', [True, False], ids=['var', 'rms'])
+@pytest.mark.parametrize(
+    'layout', [DERIVATIVE_LAYOUTS[i] for i in (0, 1, 3, 5)], ids=['bn', 'ghost', 'ln', 'gn']
+)
+def test_masked_nan_reaches_no_derivative_of_any_order(layout, use_mean, single_pass):
+    """NaN padding (in the input and in its tangent) against zero padding: the same
+    gradients, forward-mode derivatives and second derivatives, all finite."""
+    shape, axes, pshape, groups = layout
+    x, scale, bias = rand(shape, loc=3.0), rand(pshape, seed=1, loc=1.0), rand(pshape, seed=2)
+    keep = np.random.default_rng(3).random(shape[:-1] + (1,)) > 0.3
+    stat = tuple(1 if i in axes else n for i, n in enumerate(shape))
+    wy, wm, wv = rand(shape, seed=4), rand(stat, seed=5), rand(stat, seed=6)
+
+    def loss(x, scale, bias):
+        m = F.moments(
+            x, axes, mask=keep, use_mean=use_mean, single_pass=single_pass, feature_groups=groups
+        )
+        y = F.normalize(x, m.mean, m.var, epsilon=1e-3, scale=scale, bias=bias, mask=keep)
+        real = jnp.sum(jnp.where(keep, jnp.sin(y) * wy, 0.0))
+        return real + jnp.sum(m.mean * wm) + jnp.sum(m.var * wv)
+
+    def derivatives(fill):
+        xf = jnp.where(keep, x, fill)
+        t = jnp.where(keep, rand(shape, seed=7), fill)
+        grads = jax.grad(loss, (0, 1, 2))(xf, scale, bias)
+        tangent = jax.jvp(loss, (xf, scale, bias), (t, rand(pshape, seed=8), rand(pshape)))[1]
+        second = jax.grad(lambda x: jnp.sum(jax.grad(loss)(x, scale, bias) ** 2))(xf)
+        return grads, tangent, second
+
+    ref = derivatives(0.0)
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(ref))
+    for a, b in zip(jax.tree.leaves(derivatives(jnp.nan)), jax.tree.leaves(ref), strict=True):
+        np.testing.assert_array_equal(a, b)

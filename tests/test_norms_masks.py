@@ -160,3 +160,39 @@ def test_masked_positions_reach_nothing_across_devices(case):
             strict=True,
         ):
             np.testing.assert_allclose(a, np.broadcast_to(b, a.shape), rtol=1e-4, atol=1e-5)
+
+
+def _full_size_selects(jaxpr, shape):
+    """`select_n` (jnp.where) equations with a full-size output, in every sub-jaxpr."""
+    count = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == 'select_n' and eqn.outvars[0].aval.shape == shape:
+            count += 1
+        for sub in jax.core.jaxprs_in_params(eqn.params):
+            count += _full_size_selects(sub, shape)
+    return count
+
+
+# The TLU's derivative masks dy once (`response_norms.tlu`): FRN and EvoNorm-B0.
+TLU_SELECTS = {'frn': 1, 'evonorm_b0': 1}
+
+
+@pytest.mark.parametrize('name', sorted(norms.NORMS))
+def test_without_a_mask_no_where_is_emitted(name):
+    """The unmasked path pays nothing for masks: no full-size `where`, forward or backward."""
+    x = rand((4, 3, 3, 8))
+    norm = norms.make_norm(name)(use_running_average=False)
+    v = norm.init(KEY, x)
+
+    def train(params, x, mask=None):
+        def loss(params, x):
+            y, _ = norm.apply({**v, 'params': params}, x, mask=mask, mutable=True)
+            return jnp.sum(jnp.sin(y))
+
+        return jax.grad(loss, (0, 1))(params, x)
+
+    params = v.get('params', {})
+    selects = _full_size_selects(jax.make_jaxpr(train)(params, x).jaxpr, x.shape)
+    assert selects == TLU_SELECTS.get(name, 0)
+    mask = np.ones((4, 1, 1, 1), bool)
+    assert _full_size_selects(jax.make_jaxpr(train)(params, x, mask).jaxpr, x.shape) > selects
