@@ -180,9 +180,13 @@ def test_registry_group_norm_normalizes_over_its_adapted_groups():
     np.testing.assert_array_equal(
         norms.make_norm('group_norm')().apply(v, x), norms.GroupNorm(num_groups=8).apply(v, x)
     )
-    # group_size fixes the channels per group itself.
+    # A given num_groups or group_size is the caller's exact choice (configs rely on it).
     gs = norms.make_norm('group_norm', num_groups=None, group_size=4)()
     np.testing.assert_array_equal(gs.apply(v, x), norms.GroupNorm(num_groups=4).apply(v, x))
+    assert norms.make_norm('group_norm', num_groups=16)().num_groups_for(16) == 16
+    with pytest.raises(ValueError, match='num_groups=32'):
+        norms.make_norm('group_norm', num_groups=32)().num_groups_for(16)
+    assert norms.make_norm('group_norm', num_groups=16, min_group_size=2)().num_groups_for(16) == 8
 
 
 @pytest.mark.parametrize('name', sorted(norms.NORMS))
