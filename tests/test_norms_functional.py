@@ -65,9 +65,10 @@ def test_hand_written_derivatives_match_the_textbook_formula(layout, use_mean, m
             s = jnp.sum(v.reshape(split), axes + (len(shape),), keepdims=True)
             return jnp.broadcast_to(s, s.shape[:-1] + split[-1:]).reshape(stat)
 
-        count = jnp.maximum(total(w), 1.0)
-        mean = total(w * x) / count if use_mean else jnp.zeros(stat)
-        var = total(w * (x - mean) ** 2) / count
+        count = total(w)  # 0 for a statistic without a real element
+        n = jnp.maximum(count, 1.0)
+        mean = total(w * x) / n if use_mean else jnp.zeros(stat)
+        var = total(w * (x - mean) ** 2) / n
         y = (x - mean) / jnp.sqrt(var + 1e-3) * scale + bias
         return y, F.Moments(mean, var, count)
 

@@ -30,10 +30,10 @@ from normlab.norms.validation import (
     check_real,
 )
 
-# The initial value of FRN's learned epsilon part |eps_l| (TensorFlow Addons'
-# `FilterResponseNormalization(learned_epsilon=True)` starts it there too): large
-# enough against `epsilon` to get gradients at once, small against a unit-scale
-# nu^2. It is not a lower bound; the lower bound of the sum is `epsilon`.
+# The initial value of FRN's learned epsilon part eps_l, the one TensorFlow Addons'
+# `FilterResponseNormalization(learned_epsilon=True)` uses: small against a
+# unit-scale nu^2, so training starts close to plain FRN. It is not a lower bound:
+# the learned epsilon is `epsilon + |eps_l|`, bounded below by `epsilon`.
 LEARNED_EPSILON_INIT = 1e-4
 
 
