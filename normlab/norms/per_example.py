@@ -178,7 +178,7 @@ class GroupNorm(_PerExampleNorm):
         channel count that is at most ``num_groups`` and leaves at least
         ``min_group_size`` channels per group (one group if none does).
         ``make_norm('group_norm')`` sets 2 unless given ``num_groups`` or
-        ``group_size``: 32 groups for 64 or more channels, 8 groups of 2 for
+        ``group_size``: 32 groups for 64, 128, ... 2048 channels, 8 groups of 2 for
         the 16 channels of a CIFAR ResNet's first stage, never InstanceNorm's
         single channel per group (the worst setting in Wu & He's Table 3).
         Unused with ``group_size``, which already fixes the channels per group.
