@@ -63,7 +63,7 @@ def _spec(shape):
 def _forward(model, x, **call_kwargs):
     """init, a train forward (every state collection mutable) and an eval forward."""
     variables = model.init(jax.random.key(1), x, **call_kwargs)
-    mutable = [c for c in variables if c != 'params']  # batch_stats, norm_steps, ...
+    mutable = [c for c in variables if c != 'params']  # batch_stats, spectral_stats, ...
     out_train, state = model.apply(variables, x, train=True, mutable=mutable, **call_kwargs)
     out_eval = model.apply(variables, x, train=False, **call_kwargs)
     return variables, out_train, state, out_eval
