@@ -35,6 +35,7 @@ def run_sweep(
     study = load_study(spec)
     runs = study.runs()
     base, _ = command.parse(command.run_flags(study.config_flag, workdir, runs[0].overrides))
+    check_grid(study, workdir, runs)
     outcomes = runner.run_study(
         study, workdir, parallel=parallel, reuse_processes=reuse_processes, echo=echo
     )
@@ -63,6 +64,19 @@ def run_sweep(
     for o in failed:
         echo(f'  {o.run.name}: {o.message}  (log: {workdir}/{o.run.name}/log.txt)')
     return 1
+
+
+def check_grid(study, workdir: str, runs) -> None:
+    """Every grid point's config, checked before any run starts (StudyError on the first
+    bad one, naming the run). Checks that need the run's devices happen in the run."""
+    from normlab.train.config_checks import ConfigError, check_config  # noqa: PLC0415
+
+    for run in runs:
+        config, _ = command.parse(command.run_flags(study.config_flag, workdir, run.overrides))
+        try:
+            check_config(config, num_devices=1)
+        except ConfigError as e:
+            raise StudyError(f'run {run.name}: {e}') from None
 
 
 def emit_wandb_sweep(spec: str, workdir: str, path: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
@@ -23,9 +24,22 @@ class ConfigError(ValueError):
     """A bad config value; the launcher prints it as one line and exits 2."""
 
 
-def _choice(what: str, value, valid) -> None:
+def choice(what: str, value, valid) -> None:
+    """`value` must be one of `valid`; the error suggests the closest one."""
     if value not in valid:
-        raise ConfigError(f'{what}={value!r} is not valid; choose one of: {", ".join(valid)}')
+        close = difflib.get_close_matches(str(value), [str(v) for v in valid], n=1)
+        hint = f' (did you mean {close[0]!r}?)' if close else ''
+        raise ConfigError(f'{what}={value!r} is not valid{hint}; choose one of: {", ".join(valid)}')
+
+
+def check_config(config, num_devices: int) -> None:
+    """The config checks of `config`'s trainer, before anything is built."""
+    if config.trainer == 'gan':
+        from normlab.train.gan.checks import check_gan_config  # noqa: PLC0415 - no cycle
+
+        check_gan_config(config, num_devices)
+    else:
+        check_classifier_config(config, num_devices)
 
 
 def eval_modes(config) -> list[str]:
@@ -33,7 +47,7 @@ def eval_modes(config) -> list[str]:
     if not modes:
         raise ConfigError(f'eval_modes={config.eval_modes!r} names no mode; valid: running, ...')
     for m in modes:
-        _choice('eval_modes', m, EVAL_MODES)
+        choice('eval_modes', m, EVAL_MODES)
     return modes
 
 
@@ -48,21 +62,21 @@ def check_loop_config(config) -> None:
     bad = [s for s in config.eval_steps if not isinstance(s, int) or s < 0]
     if bad:
         raise ConfigError(f'eval_steps={tuple(config.eval_steps)!r}: {bad} are not steps >= 0')
-    _choice('data_placement', config.data_placement, resident.PLACEMENTS)
+    choice('data_placement', config.data_placement, resident.PLACEMENTS)
     if not config.device_data_mb > 0:
         raise ConfigError(f'device_data_mb={config.device_data_mb} must be positive')
 
 
 def check_classifier_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
     """Raises ConfigError on the first bad value."""
-    _choice('dataset', config.dataset, list(data.SPECS))
-    _choice('model', config.model, sorted(models.MODELS))
-    _choice('norm.name', config.norm.name, list(norms.NORMS))
-    _choice('optimizer', config.optimizer, OPTIMIZERS)
-    _choice('schedule', config.schedule, SCHEDULES)
-    _choice('dtype', config.dtype, DTYPES)
-    _choice('lr_scaling', config.lr_scaling, ('linear', 'none'))
-    _choice('wandb.mode', config.wandb.mode, WANDB_MODES)
+    choice('dataset', config.dataset, list(data.SPECS))
+    choice('model', config.model, sorted(models.MODELS))
+    choice('norm.name', config.norm.name, list(norms.NORMS))
+    choice('optimizer', config.optimizer, OPTIMIZERS)
+    choice('schedule', config.schedule, SCHEDULES)
+    choice('dtype', config.dtype, DTYPES)
+    choice('lr_scaling', config.lr_scaling, ('linear', 'none'))
+    choice('wandb.mode', config.wandb.mode, WANDB_MODES)
     eval_modes(config)
     if not (math.isfinite(config.learning_rate) and config.learning_rate > 0):
         raise ConfigError(f'learning_rate={config.learning_rate} must be a positive finite number')

@@ -22,15 +22,16 @@ from __future__ import annotations
 import ml_collections
 
 from normlab import data, norms
-from normlab.train.config_checks import DTYPES, WANDB_MODES, ConfigError, check_loop_config
+from normlab.train.config_checks import (
+    DTYPES,
+    WANDB_MODES,
+    ConfigError,
+    check_loop_config,
+    choice,
+)
 from normlab.train.gan.losses import LOSSES
 
 EVAL_NORM_STATS = ('batch', 'running')
-
-
-def _choice(what: str, value, valid) -> None:
-    if value not in valid:
-        raise ConfigError(f'{what}={value!r} is not valid; choose one of: {", ".join(valid)}')
 
 
 def _positive(what: str, value) -> None:
@@ -39,7 +40,7 @@ def _positive(what: str, value) -> None:
 
 
 def _check_norm(what: str, norm: ml_collections.ConfigDict) -> None:
-    _choice(f'{what}.norm.name', norm.name, list(norms.NORMS))
+    choice(f'{what}.norm.name', norm.name, list(norms.NORMS))
     if norm.weight_standardization:
         raise ConfigError(
             f'{what}.norm.weight_standardization=True: the DCGAN models take no conv '
@@ -49,11 +50,11 @@ def _check_norm(what: str, norm: ml_collections.ConfigDict) -> None:
 
 def check_gan_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
     """Raises ConfigError on the first bad value."""
-    _choice('dataset', config.dataset, list(data.SPECS))
-    _choice('loss', config.loss, list(LOSSES))
-    _choice('dtype', config.dtype, DTYPES)
-    _choice('wandb.mode', config.wandb.mode, WANDB_MODES)
-    _choice('generator.eval_norm_stats', config.generator.eval_norm_stats, EVAL_NORM_STATS)
+    choice('dataset', config.dataset, list(data.SPECS))
+    choice('loss', config.loss, list(LOSSES))
+    choice('dtype', config.dtype, DTYPES)
+    choice('wandb.mode', config.wandb.mode, WANDB_MODES)
+    choice('generator.eval_norm_stats', config.generator.eval_norm_stats, EVAL_NORM_STATS)
     g, d = config.generator, config.discriminator
     _check_norm('generator', g.norm)
     _check_norm('discriminator', d.norm)
