@@ -20,10 +20,10 @@ linear warm-up, then cosine decay), peak learning rates 1e-3 to 1e-1, 2 seeds:
    plot final loss against learning rate: QK-layernorm keeps small models training at
    rates where attention logits otherwise grow and training fails. Here LayerNorm in
    post-, pre- and peri-LN placement, each with and without ``qk_norm``. A rate *trains*
-   when the final training loss is below 0.1 (from ln 10 = 2.3 at initialization) with
-   every seed finite; the LR sensitivity is Wortsman et al.'s: the mean over rates of
-   ``min(loss, ln 10)`` minus the best loss (diverged runs count as ln 10), lower is
-   more tolerant.
+   when the final training loss is below half its initial value (ln 10 / 2 = 1.15) on
+   average over seeds, no seed diverged; the LR sensitivity is Wortsman et al.'s: the
+   mean over rates of ``min(loss, ln 10)`` minus the best loss (a diverged run counts as
+   ln 10), lower is more tolerant.
 
 Arguments (``experiments/transformer_norms.py:seeds=3,epochs=20``): ``seeds``,
 ``epochs``, ``smoke`` (a seconds-long grid for tests).
@@ -52,7 +52,7 @@ NAMES = {
     'none': 'no normalization',
 }
 INITIAL_LOSS = math.log(10)  # uniform logits over 10 classes
-TRAINED_LOSS = 0.1
+TRAINED_LOSS = INITIAL_LOSS / 2
 
 
 def rows(norms, placements) -> grid.Grid:
@@ -100,7 +100,9 @@ def _pct(cell) -> str:
 
 
 def _rates(rates) -> str:
-    return f'{min(rates):g} to {max(rates):g}' if rates else 'none'
+    if len(rates) < 2:
+        return f'{rates[0]:g}' if rates else 'none'
+    return f'{min(rates):g} to {max(rates):g}'
 
 
 def _label(row) -> str:
@@ -109,37 +111,44 @@ def _label(row) -> str:
     )
 
 
-def findings(table) -> list[str]:
-    present = [
-        dict(zip((NORM, PLACEMENT, QK), k, strict=True))
-        for k in dict.fromkeys((p[NORM], p[PLACEMENT], p[QK]) for p in table.points)
-    ]
-    out = [
-        f'(A learning rate trains when the final training loss is below {TRAINED_LOSS:g} '
-        'for every seed; LR sensitivity is the mean excess of min(loss, ln 10) over the best '
-        'loss across rates, Wortsman et al. 2023.)'
-    ]
-    summary = {}
-    for row in present:
-        losses = _curve(table, row, 'train/loss')
-        best = _best(table, row)
-        if best is None:
-            continue
-        training = [lr for lr, c in losses if _trains(c)]
-        diverged = [lr for lr, c in losses if c.diverged]
-        summary[(row[NORM], row[PLACEMENT], row[QK])] = (best, training, sensitivity(losses))
-        text = (
-            f'{_label(row)}: best test error {_pct(best[1])} at lr {best[0]:g}; trains at lr '
-            f'{_rates(training)} ({len(training)} of {len(losses)} rates), LR sensitivity '
-            f'{sensitivity(losses):.2f}'
-        )
-        out.append(text + (f'; diverged at lr {_rates(diverged)}.' if diverged else '.'))
+def _compare(name, ours, theirs, reference) -> tuple[bool, str]:
+    """Whether `ours` trains over a wider range than `theirs` (more rates, or as many
+    with an LR sensitivity lower by more than 0.05), and the sentence saying so."""
+    (rates, sens), (ref_rates, ref_sens) = ours, theirs
+    wider = len(rates) > len(ref_rates) or (len(rates) == len(ref_rates) and sens < ref_sens - 0.05)
+    return wider, (
+        f'{name}: {len(rates)} rates against {len(ref_rates)} for {reference}, LR sensitivity '
+        f'{sens:.2f} against {ref_sens:.2f} ({"wider" if wider else "not wider"})'
+    )
 
-    ln, dyt = summary.get(('layer_norm', 'pre', False)), summary.get(('dyt', 'pre', False))
-    if ln and dyt:
-        (_, a), (_, b) = ln[0], dyt[0]
-        gap = b.mean - a.mean
-        noise = max(0.01, 2 * (a.std + b.std))
+
+def findings(table) -> list[str]:
+    out = [
+        '(A learning rate trains when the mean final training loss is below '
+        f'{TRAINED_LOSS:.2f}, half its initial ln 10, with no seed diverged. LR sensitivity '
+        'is the mean excess of min(loss, ln 10) over the best loss across rates, Wortsman '
+        'et al. 2023: lower is more tolerant.)'
+    ]
+    best, ranges = {}, {}
+    for key in dict.fromkeys((p[NORM], p[PLACEMENT], p[QK]) for p in table.points):
+        row = dict(zip((NORM, PLACEMENT, QK), key, strict=True))
+        losses = _curve(table, row, 'train/loss')
+        if _best(table, row) is None:
+            continue
+        best[key] = _best(table, row)
+        ranges[key] = ([lr for lr, c in losses if _trains(c)], sensitivity(losses))
+        diverged = [lr for lr, c in losses if c.diverged]
+        out.append(
+            f'{_label(row)}: best test error {_pct(best[key][1])} at lr {best[key][0]:g}; '
+            f'trains at lr {_rates(ranges[key][0])} ({len(ranges[key][0])} of {len(losses)} '
+            f'rates), LR sensitivity {ranges[key][1]:.2f}'
+            + (f'; diverged at lr {", ".join(f"{lr:g}" for lr in diverged)}.' if diverged else '.')
+        )
+
+    ln, dyt = ('layer_norm', 'pre', False), ('dyt', 'pre', False)
+    if ln in best and dyt in best:
+        a, b = best[ln][1], best[dyt][1]
+        gap, noise = b.mean - a.mean, max(0.01, 2 * (a.std + b.std))
         if abs(gap) <= noise:
             verdict = 'matches LayerNorm'
         else:
@@ -151,41 +160,25 @@ def findings(table) -> list[str]:
             '82.3% -> 82.5% ImageNet top-1 for ViT-B.'
         )
 
-    def widest(key):
-        return summary[key][1] if key in summary else None
-
-    parts, effect = [], False
-    post = widest(('layer_norm', 'post', False))
-    for placement in ('pre', 'peri'):
-        other = widest(('layer_norm', placement, False))
-        if post is not None and other is not None:
-            wider = len(other) > len(post)
-            effect |= wider
-            parts.append(
-                f"{placement}-LN trains at {len(other)} rates against post-LN's {len(post)}"
-                f' ({"wider" if wider else "not wider"})'
-            )
-    for placement in PLACEMENTS:
-        plain, qk = (
-            widest(('layer_norm', placement, False)),
-            widest(('layer_norm', placement, True)),
+    comparisons = [
+        (f'{p}-LN', ('layer_norm', p, False), ('layer_norm', 'post', False), 'post-LN')
+        for p in ('pre', 'peri')
+    ] + [
+        (f'QK-norm in {p}-LN', ('layer_norm', p, True), ('layer_norm', p, False), 'without')
+        for p in PLACEMENTS
+    ]
+    verdicts = [
+        _compare(name, ranges[ours], ranges[theirs], reference)
+        for name, ours, theirs, reference in comparisons
+        if ours in ranges and theirs in ranges
+    ]
+    if verdicts:
+        out.append(
+            'Range of learning rates that train, LayerNorm: '
+            + '; '.join(text for _, text in verdicts)
+            + '.'
         )
-        if plain is not None and qk is not None:
-            wider = len(qk) > len(plain) or (
-                len(qk) == len(plain)
-                and summary[('layer_norm', placement, True)][2]
-                < summary[('layer_norm', placement, False)][2] - 0.05
-            )
-            effect |= wider
-            parts.append(
-                f'QK-norm in {placement}-LN: {len(qk)} rates against {len(plain)}, LR '
-                f'sensitivity {summary[("layer_norm", placement, True)][2]:.2f} against '
-                f'{summary[("layer_norm", placement, False)][2]:.2f} '
-                f'({"wider" if wider else "not wider"})'
-            )
-    if parts:
-        out.append('Range of learning rates that train (LayerNorm): ' + '; '.join(parts) + '.')
-        if not effect:
+        if not any(wider for wider, _ in verdicts):
             out.append(
                 'At this scale neither the placement nor QK-norm widens the range of '
                 'learning rates that train: the effect Wortsman et al. report does not appear.'

@@ -380,7 +380,8 @@ def test_study_smoke_grid_end_to_end(tmp_path):
 
 def _synthetic_findings(highest_rate, error):
     """The study's findings on made-up results: a row trains (loss 0.01) up to
-    ``highest_rate(row)`` and fails above (loss 2.0); its test error is ``error(row)``."""
+    ``highest_rate(row)`` and fails above (loss 2.0, or diverged at 0.1); its test error
+    is ``error(row)``."""
     study = load_study('experiments/transformer_norms.py')
     records = []
     for run in study.runs():
@@ -388,7 +389,8 @@ def _synthetic_findings(highest_rate, error):
         row = (p['norm.name'], p['model_options.norm_placement'], p['model_options.qk_norm'])
         ok = p['learning_rate'] <= highest_rate(row)
         summary = {'train/loss': 0.01 if ok else 2.0, 'eval/error': error(row) if ok else 0.8}
-        records.append(RunRecord(run.name, 'finished', {**p, 'seed': run.seed}, summary))
+        status = 'diverged' if not ok and p['learning_rate'] == 0.1 else 'finished'
+        records.append(RunRecord(run.name, status, {**p, 'seed': run.seed}, summary))
     return study.report.findings(Table(study, records))
 
 
@@ -401,8 +403,12 @@ def test_study_findings_answer_from_the_numbers():
         )
     )
     assert 'DyT is worse than LayerNorm here: 8.0% ± 0.0 against 5.0% ± 0.0' in text
-    assert "pre-LN trains at 4 rates against post-LN's 3 (wider)" in text
-    assert 'QK-norm in post-LN: 5 rates against 3' in text
+    assert 'pre-LN: 4 rates against 3 for post-LN, LR sensitivity 0.46 against 0.86 (wider)' in text
+    assert 'QK-norm in post-LN: 5 rates against 3 for without' in text
+    assert (
+        'LayerNorm, post-LN: best test error 5.0% ± 0.0 at lr 0.001; trains at lr 0.001 to '
+        '0.01 (3 of 5 rates), LR sensitivity 0.86; diverged at lr 0.1.' in text
+    )
     assert 'does not appear' not in text
     # Everything alike: DyT matches, and the report says the effect does not appear.
     text = ' '.join(_synthetic_findings(lambda row: 0.01, lambda row: 0.05))
