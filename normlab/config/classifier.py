@@ -95,6 +95,21 @@ def classifier_config() -> ml_collections.ConfigDict:
     # backends always fuse.
     c.xla_cpu_fusion = True
 
+    # Extra steps at which to evaluate (0: the initial weights), besides
+    # eval_every_steps and the end: dense early evaluation for convergence curves.
+    c.eval_steps = ()
+    # Log grad_norm/<layer> for each top-level layer (gradient-flow studies).
+    c.record_grad_norms = False
+
+    # Where the data lives: 'device' (read once, batched inside the compiled step),
+    # 'stream' (tf.data), or 'auto' (device when both splits fit device_data_mb per
+    # device and their transform runs on devices).
+    c.data_placement = 'auto'
+    c.device_data_mb = 1024
+    # Train steps per dispatch (one lax.scan); None: log_every_steps, or 1 for
+    # convolutional models on CPU, where XLA runs convolutions slower inside a loop.
+    c.steps_per_call = config_dict.placeholder(int)
+
     c.log_every_steps = 50
     c.checkpoint_every_steps = 200
     c.keep_checkpoints = 2
