@@ -2,7 +2,9 @@
 
     python -m normlab.main --config=configs/digits_vit.py --workdir=runs/digits_vit
 
-RUNTIME_AND_RESULT
+About 1 min on the 2-core CPU shared with other jobs (load ~7: 46 s of run, 21 s of it
+compiling; 660 steps, 30 epochs at batch 64); LayerNorm, pre-LN, reaches 4.2% test
+error (360 test digits; 5.3% with the training loop before scan-fused steps).
 
 Arguments: ``norm=<make_norm name>`` (default layer_norm), ``placement=post|pre|peri|none``,
 ``qk_norm=True|False``, ``patch_size=2|4``, ``batch_size=<int>``, ``smoke=True`` (a few

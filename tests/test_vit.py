@@ -1,9 +1,11 @@
 """Vision Transformers: every norm x every placement, published sizes, where the norms sit,
-QK-norm's bound on the attention logits, which axes each norm reduces, the study's smoke grid.
+QK-norm's bound on the attention logits, which axes each norm reduces, and the
+transformer_norms study (its smoke grid end to end, its findings on made-up numbers).
 
 Compiling dominates on CPU, so the full norm x placement product is traced abstractly
-(``jax.eval_shape`` of init, a train step and an eval forward) and a subset that reaches
-every kind of norm site runs concretely; the published sizes are only traced.
+(``jax.eval_shape`` of init, a train forward and an eval forward), a per-token and a
+batch norm train a step concretely at placements that reach every kind of norm site,
+and the published sizes are only traced.
 """
 
 import csv
@@ -266,6 +268,9 @@ def test_post_ln_residual_stream_is_normalized_and_diagnostics_stack_by_layer():
         model = model.clone(norm_placement=placement)
         variables = model.init(jax.random.key(1), x, train=False)
         _, state = model.apply(variables, x, train=False, mutable=['intermediates'])
+        sown = state['intermediates']['block2']
+        # Per example, as the trainer's record_preactivations gathers them over a batch.
+        assert sown['residual_rms'][0].shape == sown['attention']['max_logit'][0].shape == (4,)
         d = vit.diagnostics(state['intermediates'])
         assert d['residual_rms'].shape == d['max_logit'].shape == (2,)
         if placement == 'post':  # every block ends in a unit-scale LayerNorm

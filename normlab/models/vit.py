@@ -55,13 +55,18 @@ head dimension is the feature axis and heads count as positions):
   ``evonorm_s0``: each example over tokens and a group of features;
 * ``dyt``, ``none``: elementwise; nothing is reduced.
 
-Diagnostics: every block sows the RMS of the residual stream after it
-(``residual_rms``, a scalar over the batch) and its attention the largest logit
-(``max_logit``, over batch, heads, queries and keys) into ``intermediates``, recorded
-only when the caller makes that collection mutable; `diagnostics` stacks them by layer::
+Diagnostics: every block sows into ``intermediates``, per example, the RMS of the
+residual stream after it (``residual_rms``, over tokens and features) and its
+attention's largest logit (``max_logit``, over heads, queries and keys), recorded only
+when the caller makes that collection mutable; `diagnostics` reduces them over the
+batch and stacks them by layer::
 
     _, state = model.apply(variables, images, train=False, mutable=['intermediates'])
     diagnostics(state['intermediates'])   # {'residual_rms': (depth,), 'max_logit': (depth,)}
+
+Per-example values are what the classifier trainer's ``record_preactivations`` gathers
+over the first eval batch: with it, every evaluation logs the 15/50/85th percentiles
+over examples of each block's ``residual_rms`` and ``max_logit``.
 """
 
 import dataclasses
@@ -128,7 +133,7 @@ class Attention(nn.Module):
             q = self.norm(name='query_norm')(q)
             k = self.norm(name='key_norm')(k)
         logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) / jnp.sqrt(head_dim).astype(q.dtype)
-        self.sow('intermediates', 'max_logit', jnp.max(logits).astype(jnp.float32))
+        self.sow('intermediates', 'max_logit', jnp.max(logits, axis=(1, 2, 3)).astype(jnp.float32))
         weights = nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
         out = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
         return nn.DenseGeneral(
@@ -189,7 +194,7 @@ class EncoderBlock(nn.Module):
                 x = x + self.norm(name=f'{name}_norm_out')(h)
             else:
                 x = x + branch(x)
-        rms = jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32))))
+        rms = jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32)), axis=(1, 2)))
         self.sow('intermediates', 'residual_rms', rms)
         return x
 
@@ -276,13 +281,16 @@ class ViT(nn.Module):
 
 
 def diagnostics(intermediates) -> dict[str, jnp.ndarray]:
-    """``residual_rms`` and ``max_logit`` of every block, stacked in depth order."""
+    """Over the batch, the RMS of the residual stream after each block and the largest
+    attention logit in each, stacked in depth order."""
     blocks = sorted(
         (k for k in intermediates if k.startswith('block')), key=lambda k: int(k[len('block') :])
     )
+    rms = [intermediates[b]['residual_rms'][0] for b in blocks]
+    logits = [intermediates[b]['attention']['max_logit'][0] for b in blocks]
     return {
-        'residual_rms': jnp.stack([intermediates[b]['residual_rms'][0] for b in blocks]),
-        'max_logit': jnp.stack([intermediates[b]['attention']['max_logit'][0] for b in blocks]),
+        'residual_rms': jnp.stack([jnp.sqrt(jnp.mean(jnp.square(r))) for r in rms]),
+        'max_logit': jnp.stack([jnp.max(m) for m in logits]),
     }
 
 
