@@ -13,8 +13,9 @@ study's seed noise (1.9 points against a 4.7-point tolerance), needs a 3x higher
 and fails at 0.1 where LayerNorm does not (LR sensitivity 0.69 against 0.28). Post-LN
 trains at 2 of the 4 rates (fails from 0.03), pre-LN at 4 and peri-LN at 3; QK-norm
 lowers the LR sensitivity of pre-LN (0.28 -> 0.15) and peri-LN (0.39 -> 0.06; 6.9% test
-error at lr 0.1 against 56%), but does not rescue post-LN. So the placement and QK-norm effects appear at this scale;
-DyT's parity with LayerNorm is not resolved by 2 seeds on 360 test digits.
+error at lr 0.1 against 56%), but does not rescue post-LN. So the placement and QK-norm
+effects appear at this scale; DyT's parity with LayerNorm is not resolved by 2 seeds on
+360 test digits.
 
 Two published questions, on ``digits`` (1,437 training images of 8x8 pixels) with the
 ``vit`` of ``configs/digits_vit.py`` at width 32 (2x2 patches: 16 tokens and a class
