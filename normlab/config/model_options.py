@@ -34,7 +34,21 @@ _CNN = {
 }
 _MLP = {'widths': tuple, **_NORMED, 'use_bias': bool}
 
-MODEL_OPTIONS: dict[str, dict[str, type]] = {'cnn': _CNN, 'mlp': _MLP}
+_VIT_PLACEMENT = {'pool': str, 'norm_placement': str, 'qk_norm': bool, 'dropout_rate': float}
+_VIT = {
+    'patch_size': int,
+    'width': int,
+    'depth': int,
+    'num_heads': int,
+    'mlp_ratio': float,
+    **_VIT_PLACEMENT,
+}
+
+MODEL_OPTIONS: dict[str, dict[str, type]] = {'cnn': _CNN, 'mlp': _MLP, 'vit': _VIT}
+# The published ViTs fix their sizes (patch 16, width, depth, heads, MLP ratio).
+for _size in ('ti', 's', 'b'):
+    MODEL_OPTIONS[f'vit_{_size}16'] = _VIT_PLACEMENT
+del _size
 for _depth in (18, 34, 50, 101, 152, 20, 32, 44, 56, 110):
     MODEL_OPTIONS[f'resnet{_depth}'] = _RESNET
     MODEL_OPTIONS[f'preact_resnet{_depth}'] = _PREACT_RESNET

@@ -1,5 +1,6 @@
 """The model zoo: ResNets (ImageNet and CIFAR, v1 and v2), NF-ResNets, a CNN, the
-BatchNorm-paper MLP and DCGAN, each taking its normalization as an injected factory.
+BatchNorm-paper MLP, Vision Transformers and DCGAN, each taking its normalization as an
+injected factory.
 
     from normlab import models, norms
 
@@ -27,6 +28,11 @@ layer themselves. Names:
 * ``cnn``: ``widths``, ``convs_per_stage``, ``kernel_size``, ``pool``, ``conv``, ``act``,
   ``norm_position``, ``use_bias``, ``dtype``.
 * ``mlp``: ``widths``, ``act``, ``norm_position``, ``use_bias``, ``dtype``.
+* ``vit_ti16``, ``vit_s16``, ``vit_b16`` (Dosovitskiy et al. 2021, patch 16) and ``vit``
+  (configurable, sized for 8x8 / 28x28 inputs): ``patch_size``, ``width``, ``depth``,
+  ``num_heads``, ``mlp_ratio``, ``pool`` (``'token'`` or ``'mean'``), ``norm_placement``
+  (``'post'``, ``'pre'``, ``'peri'``, ``'none'``), ``qk_norm``, ``dropout_rate``,
+  ``dtype`` (see ``normlab.models.vit`` for which axes each norm reduces there).
 * ``dcgan_generator`` (``num_classes`` = classes to condition on; 0: unconditional):
   ``image_size``, ``out_channels``, ``latent_dim``, ``width``, ``act``,
   ``norm_position``, ``use_bias``, ``dtype``.
@@ -40,7 +46,7 @@ from collections.abc import Callable
 
 import flax.linen as nn
 
-from normlab.models import cifar_resnet, dcgan, nf_resnet, resnet, simple
+from normlab.models import cifar_resnet, dcgan, nf_resnet, resnet, simple, vit
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -93,7 +99,7 @@ def create(name: str, *, num_classes: int, norm, **kwargs) -> nn.Module:
     return MODELS[name](num_classes=num_classes, norm=norm, **options)
 
 
-for _family in (resnet, cifar_resnet, nf_resnet, simple, dcgan):
+for _family in (resnet, cifar_resnet, nf_resnet, simple, vit, dcgan):
     for _name, _constructor in _family.VARIANTS.items():
         register(_name, _constructor)
 del _family, _name, _constructor

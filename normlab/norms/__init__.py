@@ -3,13 +3,15 @@
 Activation norms (`make_norm` names): `BatchNorm` (batch_norm), `LayerNorm`
 (layer_norm), `GroupNorm` (group_norm), `InstanceNorm` (instance_norm),
 `RMSNorm` (rms_norm), `BatchRenorm` (batch_renorm), `FilterResponseNorm`
-(frn), `EvoNormB0` (evonorm_b0), `EvoNormS0` (evonorm_s0), `NoNorm` (none).
+(frn), `EvoNormB0` (evonorm_b0), `EvoNormS0` (evonorm_s0), `DynamicTanh`
+(dyt, a statistics-free replacement), `NoNorm` (none).
 Weight norms wrap layers: `WeightStandardizedConv`, `SpectralNorm`,
 `WeightNorm`. The pure functions under them are in `normlab.norms.functional`.
 """
 
 from normlab.norms.batch_norm import BATCH_MOMENTS, BatchNorm
 from normlab.norms.batch_renorm import BatchRenorm
+from normlab.norms.dynamic_tanh import DynamicTanh, dynamic_tanh
 from normlab.norms.functional import momentum_from_pytorch
 from normlab.norms.identity import NoNorm
 from normlab.norms.per_example import GroupNorm, InstanceNorm, LayerNorm, RMSNorm
@@ -30,6 +32,7 @@ __all__ = [
     'SPECTRAL_STATS',
     'BatchNorm',
     'BatchRenorm',
+    'DynamicTanh',
     'EvoNormB0',
     'EvoNormS0',
     'FilterResponseNorm',
@@ -43,6 +46,7 @@ __all__ = [
     'WeightNorm',
     'WeightStandardizedConv',
     'batch_moments_fn',
+    'dynamic_tanh',
     'is_stateful',
     'make_norm',
     'momentum_from_pytorch',

@@ -19,6 +19,7 @@ import flax.linen as nn
 
 from normlab.norms.batch_norm import BatchNorm
 from normlab.norms.batch_renorm import BatchRenorm
+from normlab.norms.dynamic_tanh import DynamicTanh
 from normlab.norms.identity import NoNorm
 from normlab.norms.per_example import GroupNorm, InstanceNorm, LayerNorm, RMSNorm
 from normlab.norms.response_norms import EvoNormB0, EvoNormS0, FilterResponseNorm
@@ -70,6 +71,7 @@ register('frn', FilterResponseNorm)
 register('evonorm_b0', EvoNormB0, stateful=True)
 register('evonorm_s0', EvoNormS0, unless=_GROUP_OPTIONS, min_group_size=2)
 register('none', NoNorm)
+register('dyt', DynamicTanh)
 
 
 def norm_fields(name: str) -> list[str]:
