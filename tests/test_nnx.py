@@ -152,6 +152,7 @@ LINEN_CASES = {
     'frn': ({'learnable_epsilon': True}, (3, 2, 2, 4)),
     'evonorm_b0': ({'momentum': 0.5}, (6, 3, 3, 4)),
     'evonorm_s0': ({'num_groups': 2}, (3, 2, 2, 4)),
+    'dyt': ({'alpha_init': 0.7}, (3, 5, 4)),
     'none': ({}, (3, 4)),
 }
 

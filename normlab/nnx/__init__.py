@@ -20,6 +20,7 @@ name to its variables, so both APIs compute every statistic in
 
 from normlab.nnx.batch_norm import BatchNorm
 from normlab.nnx.batch_renorm import BatchRenorm
+from normlab.nnx.dynamic_tanh import DynamicTanh
 from normlab.nnx.identity import NoNorm
 from normlab.nnx.per_example import GroupNorm, InstanceNorm, LayerNorm, RMSNorm
 from normlab.nnx.precise_bn import batch_moments_fn, recompute_batch_stats
@@ -31,6 +32,7 @@ __all__ = [
     'SHELLS',
     'BatchNorm',
     'BatchRenorm',
+    'DynamicTanh',
     'EvoNormB0',
     'EvoNormS0',
     'FilterResponseNorm',

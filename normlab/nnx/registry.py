@@ -12,6 +12,7 @@ from flax import nnx
 from normlab import norms
 from normlab.nnx.batch_norm import BatchNorm
 from normlab.nnx.batch_renorm import BatchRenorm
+from normlab.nnx.dynamic_tanh import DynamicTanh
 from normlab.nnx.identity import NoNorm
 from normlab.nnx.per_example import GroupNorm, InstanceNorm, LayerNorm, RMSNorm
 from normlab.nnx.response_norms import EvoNormB0, EvoNormS0, FilterResponseNorm
@@ -20,6 +21,7 @@ from normlab.nnx.shell import NormShell
 SHELLS: tuple[type[NormShell], ...] = (
     BatchNorm,
     BatchRenorm,
+    DynamicTanh,
     EvoNormB0,
     EvoNormS0,
     FilterResponseNorm,
