@@ -85,6 +85,15 @@ def train_step_fn(model: nn.Module, tx, lr_fn, *, record_grad_norms: bool = Fals
             metrics.update(layer_grad_norms(grads))
         return new, metrics
 
+    def metrics_template(state: TrainState) -> dict:
+        """The metrics' shapes without tracing the step (`scan_steps`)."""
+        names = ['train/loss', 'train/error', 'train/lr', 'train/grad_norm']
+        if record_grad_norms:
+            names += [f'grad_norm/{layer}' for layer in state.params]
+        scalar = jax.ShapeDtypeStruct((), jnp.float32)
+        return {**dict.fromkeys(names, scalar), FINITE: jax.ShapeDtypeStruct((), jnp.bool_)}
+
+    step.metrics_template = metrics_template
     return step
 
 
