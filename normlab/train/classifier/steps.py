@@ -223,15 +223,15 @@ def make_resident_moments(
     batch_size: int,
     num_batches: int,
     *,
+    seed: int,
     augment: bool,
     fused: bool,
 ):
-    """``(variables, arrays, seed) -> moments`` averaged over `num_batches` training
-    batches of the stream of `seed`, as training draws them."""
+    """``(variables, arrays) -> moments`` averaged over `num_batches` training batches
+    of the stream of `seed`, as training draws them."""
     moments = _device_moments(model)
 
-    def body(variables, data, j):
-        arrays, seed = data
+    def body(variables, arrays, j):
         plan = resident.epoch_plan(
             seed, j, num_batches=1, batch_size=batch_size, num_examples=split.num_examples
         )
@@ -241,8 +241,8 @@ def make_resident_moments(
         return moments(variables, batch['image'])
 
     total = over_batches(mesh, body, num_batches, fused=fused)
-    return lambda variables, arrays, seed: jax.tree.map(
-        lambda t: t / num_batches, total(variables, (arrays, seed))
+    return lambda variables, arrays: jax.tree.map(
+        lambda t: t / num_batches, total(variables, arrays)
     )
 
 
