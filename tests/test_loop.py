@@ -209,3 +209,13 @@ def test_eval_steps_evaluate_the_initial_weights_and_grad_norms_per_layer(tmp_pa
     train_rows = [r for r in logged if 'train/loss' in r]
     layers = sorted(k for k in train_rows[0] if k.startswith('grad_norm/'))
     assert layers and all(train_rows[0][k] > 0 for k in layers), train_rows[0]
+
+
+@pytest.mark.parametrize('steps_per_call', [1, 3])
+def test_every_eval_mode_on_device_resident_data(tmp_path, steps_per_call):
+    c = mlp_config(eval_modes='running,precise,batch', steps_per_call=steps_per_call)
+    s = classifier.train_and_evaluate(c, str(tmp_path))
+    for prefix in ('eval', 'eval_precise', 'eval_batch'):
+        assert 0 <= s[f'{prefix}/error'] <= 1 and s[f'{prefix}/examples'] == 360, s
+    # Precise statistics differ from the running averages after 6 steps of EMA 0.9.
+    assert s['eval_precise/loss'] != s['eval/loss']

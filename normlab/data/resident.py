@@ -16,8 +16,9 @@ and every step builds its own batch inside the compiled program:
   (a hash here, TensorFlow's shuffle there), so the two paths see the same
   examples every epoch, in different orders.
 - **gathering across devices**: each device fills the rows of the global batch
-  it owns (zeros elsewhere), and one ``psum_scatter`` hands every device its
-  slice: exact (one non-zero term per value) and one collective per batch.
+  it owns (zeros elsewhere), and one ``psum`` gives every device the batch, of
+  which it keeps its slice: exact (one non-zero term per value) and one collective
+  per batch.
 - **augmentation**: per example, from ``(seed, i)`` (the CIFAR crop with
   4-pixel zero padding and flip; none for digits); normalization as
   `normlab.data.preprocess.normalize`.
@@ -152,7 +153,11 @@ def _gather(arrays: dict, rows: jax.Array) -> dict:
         keep = mine.reshape(mine.shape + (1,) * (picked.ndim - 1))
         wide = jnp.float32 if key == 'image' else jnp.int32
         picked = jnp.where(keep, picked.astype(wide), jnp.zeros((), wide))
-        out[key] = lax.psum_scatter(picked, DATA_AXIS, scatter_dimension=0, tiled=True)
+        # An all-reduce, then this device's rows: XLA:CPU's reduce-scatter aborted
+        # intermittently on simulated devices (seen in tests/test_train.py).
+        whole = lax.psum(picked, DATA_AXIS)
+        size = whole.shape[0] // lax.axis_size(DATA_AXIS)
+        out[key] = lax.dynamic_slice_in_dim(whole, lax.axis_index(DATA_AXIS) * size, size)
     return out
 
 

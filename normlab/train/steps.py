@@ -64,7 +64,11 @@ def scan_steps(
             def run(state):
                 return step_fn(state, batch_fn(data, seed, state.step, i))
 
-            shapes = jax.eval_shape(run, state)[1]
+            # What a skipped step returns: zeros shaped like a step's metrics. A step
+            # function may declare them (`metrics_template`); tracing it to find out
+            # costs a second trace of the whole step.
+            template = getattr(step_fn, 'metrics_template', None)
+            shapes = template(state) if template else jax.eval_shape(run, state)[1]
 
             def skip(state):
                 return state, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)

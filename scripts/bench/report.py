@@ -216,7 +216,40 @@ def demo(result: dict) -> str:
     return _table(['cache', 'wall s', 'finished runs', 'exit', 'load', 'command'], rows)
 
 
-RENDER = {'norms': norms, 'training': training, 'scaling': scaling, 'demo': demo}
+def dispatch(result: dict) -> str:
+    rows = [
+        [
+            r['case'],
+            f'{r["normlab_s"]:.2f}',
+            f'{r["reference_s"]:.2f}',
+            f'{r["ratio"]:.2f}',
+            f'{r["normlab_first_call_s"]:.1f}',
+            f'{r["reference_compile_s"]:.1f}',
+            f'{100 * r["normlab_eval_error"]:.1f}%',
+            f'{r["load_before"][0]} -> {r["load_after"][0]}',
+        ]
+        for r in result['rows']
+    ]
+    header = [
+        'case',
+        'normlab train s',
+        'reference s',
+        'ratio',
+        'normlab first call s',
+        'reference compile s',
+        'normlab test error',
+        'load',
+    ]
+    return _table(header, rows)
+
+
+RENDER = {
+    'norms': norms,
+    'training': training,
+    'scaling': scaling,
+    'demo': demo,
+    'dispatch': dispatch,
+}
 
 
 def render(data: dict) -> str:

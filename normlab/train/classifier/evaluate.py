@@ -79,6 +79,7 @@ class Evaluator:
                 train_split,
                 config.batch_size,
                 config.precise_bn_batches,
+                seed=config.seed + PRECISE_SEED_OFFSET,
                 augment=config.augment,
                 fused=fused,
             )
@@ -109,7 +110,7 @@ class Evaluator:
     def precise_stats(self, variables) -> dict:
         seed = self.config.seed + PRECISE_SEED_OFFSET
         if self.train_split is not None:
-            moments = self._moments(variables, self.train_split.arrays, np.int32(seed))
+            moments = self._moments(variables, self.train_split.arrays)
             fn, batches = (lambda v, _: moments), [None]
         else:
             fn = self._moments_step

@@ -85,6 +85,15 @@ def train_step_fn(model: nn.Module, tx, lr_fn, *, record_grad_norms: bool = Fals
             metrics.update(layer_grad_norms(grads))
         return new, metrics
 
+    def metrics_template(state: TrainState) -> dict:
+        """The metrics' shapes without tracing the step (`scan_steps`)."""
+        names = ['train/loss', 'train/error', 'train/lr', 'train/grad_norm']
+        if record_grad_norms:
+            names += [f'grad_norm/{layer}' for layer in state.params]
+        scalar = jax.ShapeDtypeStruct((), jnp.float32)
+        return {**dict.fromkeys(names, scalar), FINITE: jax.ShapeDtypeStruct((), jnp.bool_)}
+
+    step.metrics_template = metrics_template
     return step
 
 
@@ -214,15 +223,15 @@ def make_resident_moments(
     batch_size: int,
     num_batches: int,
     *,
+    seed: int,
     augment: bool,
     fused: bool,
 ):
-    """``(variables, arrays, seed) -> moments`` averaged over `num_batches` training
-    batches of the stream of `seed`, as training draws them."""
+    """``(variables, arrays) -> moments`` averaged over `num_batches` training batches
+    of the stream of `seed`, as training draws them."""
     moments = _device_moments(model)
 
-    def body(variables, data, j):
-        arrays, seed = data
+    def body(variables, arrays, j):
         plan = resident.epoch_plan(
             seed, j, num_batches=1, batch_size=batch_size, num_examples=split.num_examples
         )
@@ -232,8 +241,8 @@ def make_resident_moments(
         return moments(variables, batch['image'])
 
     total = over_batches(mesh, body, num_batches, fused=fused)
-    return lambda variables, arrays, seed: jax.tree.map(
-        lambda t: t / num_batches, total(variables, (arrays, seed))
+    return lambda variables, arrays: jax.tree.map(
+        lambda t: t / num_batches, total(variables, arrays)
     )
 
 
