@@ -4,8 +4,14 @@
 
 Needs MNIST prepared (`tfds build mnist`); on this 2-core CPU about 3 min for
 10 epochs at batch 60, ~2% test error with BatchNorm (the paper: 50k steps
-reach ~1.5%). ``norm=none`` is the paper's baseline. ``dataset=digits`` runs
-the same MLP offline on the 8x8 digits.
+reach ~1.5%). ``norm=none`` is the paper's baseline. ``dataset=mnist5k`` runs
+the same MLP offline on the 5,000 real MNIST digits embedded in normlab
+(4,000 train, 1,000 test):
+
+    python -m normlab.main --config=configs/mnist_mlp.py:dataset=mnist5k --workdir=runs/m5k
+
+Measured (seed 0, 660 steps, ~10 s wall on the 2-core CPU): 8.2% test error
+with BatchNorm, 7.7% with ``norm=none``. ``dataset=digits`` runs it on the 8x8 digits.
 """
 
 from normlab.config import classifier_config, parse_arg

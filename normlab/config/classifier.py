@@ -86,9 +86,19 @@ def classifier_config() -> ml_collections.ConfigDict:
     c.precise_bn_batches = 20
     c.eval_batch_size = 500
     c.eval_every_steps = config_dict.placeholder(int)  # None: only at the end
+    # Extra steps to evaluate at (besides eval_every_steps and the end); 0 is the
+    # initial weights. Dense early points make "steps to reach X%" a measurement.
+    c.eval_steps = ()
+    # Also evaluate on the whole train split at every evaluation (`eval_train/error`,
+    # `eval_train/loss`, with the statistics of the first eval mode): the honest
+    # train/test gap, unlike `train/error` (the last window's running batches).
+    c.eval_train_split = False
     # Log the 15/50/85th percentiles of every sown `preact{k}` (MLP pre-activations)
     # on the first eval batch at each evaluation (Ioffe & Szegedy 2015, Fig. 1).
     c.record_preactivations = False
+    # Log each layer's gradient L2 norm (`train/grad_norm/<params key>`) with the
+    # train metrics; the first step (gradients at the initial weights) is its own row.
+    c.record_grad_norms = False
 
     # XLA:CPU's producer-consumer fusion for the train step. Off, ResNet-20 trains
     # 1.1-1.3x faster on CPU and a small MLP 1.5x slower (BENCHMARKS.md); other

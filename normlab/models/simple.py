@@ -36,6 +36,7 @@ from normlab.models.common import (
     check_norm_position,
     get_activation,
     norm_act,
+    scaled_lecun_normal,
 )
 
 POOLS = ('max', 'avg', 'none')
@@ -51,6 +52,8 @@ class MLP(nn.Module):
       act: activation, by name or as a function (paper: sigmoid).
       norm_position: ``'before_activation'`` (paper) or ``'after_activation'``.
       use_bias: bias in the hidden layers.
+      kernel_init_scale: every kernel (hidden and head) starts as flax's LeCun normal
+        times this factor (`normlab.models.common.scaled_lecun_normal`).
       dtype: compute dtype; logits are returned in float32.
 
     Every hidden layer ``k`` (1-based) sows the input of its nonlinearity into the
@@ -65,6 +68,7 @@ class MLP(nn.Module):
     act: str | Callable = 'sigmoid'
     norm_position: str = 'before_activation'
     use_bias: bool = True
+    kernel_init_scale: float = 1.0
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -74,10 +78,13 @@ class MLP(nn.Module):
             raise ValueError(f'MLP expects a batch (rank >= 2), got shape {tuple(x.shape)}')
         act = get_activation(self.act)
         norm = functools.partial(self.norm, use_running_average=not train, dtype=self.dtype)
+        dense = functools.partial(
+            nn.Dense, kernel_init=scaled_lecun_normal(self.kernel_init_scale), dtype=self.dtype
+        )
 
         x = x.reshape(x.shape[0], -1)
         for k, width in enumerate(self.widths, start=1):
-            x = nn.Dense(width, use_bias=self.use_bias, dtype=self.dtype, name=f'dense{k}')(x)
+            x = dense(width, use_bias=self.use_bias, name=f'dense{k}')(x)
             normalize = norm(name=f'norm{k}')
 
             def record(h, k=k):
@@ -85,7 +92,7 @@ class MLP(nn.Module):
                 return act(h)
 
             x = norm_act(x, normalize, record, self.norm_position)
-        x = nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x)
+        x = dense(self.num_classes, name='head')(x)
         return as_logits(x)
 
 
@@ -103,6 +110,8 @@ class CNN(nn.Module):
       act: activation, by name or as a function.
       norm_position: ``'before_activation'`` or ``'after_activation'``.
       use_bias: bias in the convs.
+      kernel_init_scale: every kernel (convs and head) starts as flax's LeCun normal
+        times this factor.
       dtype: compute dtype; logits are returned in float32.
 
     The defaults (3 stages of 32/64/128 filters, max pooling) take 8x8 digits to 2x2 and
@@ -120,6 +129,7 @@ class CNN(nn.Module):
     act: str | Callable = 'relu'
     norm_position: str = 'before_activation'
     use_bias: bool = True
+    kernel_init_scale: float = 1.0
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -130,7 +140,10 @@ class CNN(nn.Module):
         num_pools = 0 if self.pool == 'none' else len(self.widths) - 1
         check_images(x, model='CNN', min_size=2**num_pools)
         act = get_activation(self.act)
-        conv = functools.partial(self.conv, use_bias=self.use_bias, dtype=self.dtype)
+        kernel_init = scaled_lecun_normal(self.kernel_init_scale)
+        conv = functools.partial(
+            self.conv, use_bias=self.use_bias, kernel_init=kernel_init, dtype=self.dtype
+        )
         norm = functools.partial(self.norm, use_running_average=not train, dtype=self.dtype)
         kernel = (self.kernel_size, self.kernel_size)
 
@@ -144,7 +157,7 @@ class CNN(nn.Module):
                 x = conv(width, kernel, padding='SAME', name=f'conv{name}')(x)
                 x = norm_act(x, norm(name=f'norm{name}'), act, self.norm_position)
         x = jnp.mean(x, axis=(1, 2))
-        x = nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x)
+        x = nn.Dense(self.num_classes, kernel_init=kernel_init, dtype=self.dtype, name='head')(x)
         return as_logits(x)
 
 

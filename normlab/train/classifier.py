@@ -139,10 +139,10 @@ class Evaluator:
                 out[f'{name}/p{q}'] = float(np.percentile(values, q))
         return out
 
-    def _pass(self, step_fn, variables, batch_size, *, fill_padding=False):
+    def _pass(self, step_fn, variables, batch_size, *, fill_padding=False, split=None):
         totals = np.zeros(3)
         for local in data.eval_iterator(
-            self.config.dataset, global_batch_size=batch_size, **self.data_kwargs
+            self.config.dataset, global_batch_size=batch_size, split=split, **self.data_kwargs
         ):
             if fill_padding:
                 local = _pad_with_real_rows(local)
@@ -170,22 +170,28 @@ class Evaluator:
             moments_fn=self.moments,
         )
 
+    def _evaluate(self, mode, variables, split=None) -> dict:
+        """Loss, error and example count on `split` (None: the eval split) in `mode`."""
+        if mode == 'running' or 'batch_stats' not in variables:
+            return self._pass(self.running, variables, self.config.eval_batch_size, split=split)
+        if mode == 'batch':
+            # Batches of the training size, as the norms saw in training.
+            return self._pass(
+                self.batch, variables, self.config.batch_size, fill_padding=True, split=split
+            )
+        stats = parallel.replicate(self.mesh, self.precise_stats(variables))
+        variables = {**variables, 'batch_stats': stats}
+        return self._pass(self.running, variables, self.config.eval_batch_size, split=split)
+
     def __call__(self, state: TrainState) -> dict:
         variables = state.variables()
-        has_stats = 'batch_stats' in variables
         out = {}
-        for i, mode in enumerate(self.modes):
-            prefix = 'eval' if i == 0 else f'eval_{mode}'
-            if mode == 'running' or not has_stats:
-                r = self._pass(self.running, variables, self.config.eval_batch_size)
-            elif mode == 'batch':
-                # Batches of the training size, as the norms saw in training.
-                r = self._pass(self.batch, variables, self.config.batch_size, fill_padding=True)
-            else:
-                stats = parallel.replicate(self.mesh, self.precise_stats(variables))
-                r = self._pass(
-                    self.running, {**variables, 'batch_stats': stats}, self.config.eval_batch_size
-                )
+        passes = [(f'eval_{m}' if i else 'eval', m, None) for i, m in enumerate(self.modes)]
+        if self.config.eval_train_split:  # the train split, as the headline mode sees it
+            train_split = data.get_spec(self.config.dataset).train_split
+            passes.append(('eval_train', self.modes[0], train_split))
+        for prefix, mode, split in passes:
+            r = self._evaluate(mode, variables, split)
             out[f'{prefix}/loss'] = r['loss']
             out[f'{prefix}/error'] = r['error']
             out[f'{prefix}/examples'] = r['examples']
@@ -260,7 +266,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         wandb_run.mode,
     )
 
-    train_step = make_train_step(model, tx, mesh, lr_fn, options=compiler_options(config))
+    train_step = make_train_step(
+        model,
+        tx,
+        mesh,
+        lr_fn,
+        options=compiler_options(config),
+        record_grad_norms=config.record_grad_norms,
+    )
     evaluate = Evaluator(config, model, mesh, data_kwargs)
     train_batches = data.train_iterator(
         config.dataset,
@@ -296,7 +309,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             wandb_run.log(window, step)
         progress.update(step, window['train/loss'])
 
+    def evaluate_and_log(step: int) -> None:
+        row = evaluate(state)
+        if is_chief:
+            files.log_metrics(step, row)
+            wandb_run.log(row, step)
+
+    eval_steps = set(config.eval_steps)
     step = start_step
+    if start_step == 0 and 0 in eval_steps:
+        evaluate_and_log(0)  # the initial weights
     try:
         for step in range(start_step + 1, total_steps + 1):
             batch = parallel.global_batch(mesh, next(train_batches))
@@ -306,17 +328,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 jax.block_until_ready(state)
                 compile_s = time.perf_counter() - t_start
                 progress.started(step)
-            if step % config.log_every_steps == 0 or step == total_steps:
+            # With record_grad_norms the first step (the initial weights' gradients)
+            # is logged alone.
+            first = step == 1 and config.record_grad_norms
+            if step % config.log_every_steps == 0 or step == total_steps or first:
                 flush(step)
             if step % config.checkpoint_every_steps == 0 and step < total_steps:
                 flush(step)
                 ckpt.save(step, state)
-            if config.eval_every_steps and step % config.eval_every_steps == 0:
+            periodic = config.eval_every_steps and step % config.eval_every_steps == 0
+            if periodic or step in eval_steps:
                 flush(step)
-                row = evaluate(state)
-                if is_chief:
-                    files.log_metrics(step, row)
-                    wandb_run.log(row, step)
+                evaluate_and_log(step)
         flush(step)
     except NonFiniteLossError:
         progress.close()

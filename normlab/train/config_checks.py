@@ -57,6 +57,8 @@ def check_classifier_config(config: ml_collections.ConfigDict, num_devices: int)
     for key in ('batch_size', 'eval_batch_size', 'log_every_steps', 'checkpoint_every_steps'):
         if config[key] <= 0:
             raise ConfigError(f'{key}={config[key]} must be a positive int')
+    if any(not isinstance(s, int) or s < 0 for s in config.eval_steps):
+        raise ConfigError(f'eval_steps={tuple(config.eval_steps)} must be ints >= 0')
     for key in ('batch_size', 'eval_batch_size'):
         if config[key] % num_devices:
             raise ConfigError(

@@ -24,6 +24,7 @@ from jax.sharding import PartitionSpec as P
 
 from normlab.norms import BATCH_MOMENTS
 from normlab.parallel import DATA_AXIS
+from normlab.train.diagnostics import layer_grad_norms
 
 
 @flax.struct.dataclass
@@ -70,8 +71,13 @@ def make_train_step(
     lr_fn,
     *,
     options: dict | None = None,
+    record_grad_norms: bool = False,
 ):
-    """The jitted ``(state, batch) -> (state, metrics)`` step; `options` go to XLA."""
+    """The jitted ``(state, batch) -> (state, metrics)`` step; `options` go to XLA.
+
+    ``record_grad_norms`` adds each layer's gradient norm to the metrics
+    (`normlab.train.diagnostics.layer_grad_norms`).
+    """
 
     def step(state: TrainState, batch):
         mask = batch['mask']
@@ -98,6 +104,8 @@ def make_train_step(
             'train/lr': lr_fn(state.step),
             'train/grad_norm': optax.global_norm(grads),
         }
+        if record_grad_norms:
+            metrics.update(layer_grad_norms(grads))
         new = state.replace(
             step=state.step + 1,
             params=params,
