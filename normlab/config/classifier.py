@@ -94,7 +94,8 @@ def classifier_config() -> ml_collections.ConfigDict:
     # train/test gap, unlike `train/error` (the last window's running batches).
     c.eval_train_split = False
     # Log the 15/50/85th percentiles of every sown `preact{k}` (MLP pre-activations)
-    # on the first eval batch at each evaluation (Ioffe & Szegedy 2015, Fig. 1).
+    # on the first eval batch at each evaluation (Ioffe & Szegedy 2015, Fig. 1):
+    # over all units (`preact3/p50`) and of unit 0 alone (`preact3/unit0/p50`).
     c.record_preactivations = False
     # Log each layer's gradient L2 norm (`train/grad_norm/<params key>`) with the
     # train metrics; the first step (gradients at the initial weights) is its own row.

@@ -23,8 +23,8 @@ layer themselves. Names:
   ``dtype``.
 * ``cnn``: ``widths``, ``convs_per_stage``, ``kernel_size``, ``pool``, ``conv``, ``act``,
   ``norm_position``, ``use_bias``, ``kernel_init_scale``, ``dtype``.
-* ``mlp``: ``widths``, ``act``, ``norm_position``, ``use_bias``, ``kernel_init_scale``,
-  ``dtype``.
+* ``mlp``: ``widths``, ``depth``, ``act``, ``norm_position``, ``use_bias``,
+  ``kernel_init_scale``, ``dtype``.
 * ``dcgan_generator`` (``num_classes`` = classes to condition on, 0 for none):
   ``image_size``, ``out_channels``, ``latent_dim``, ``width``, ``act``,
   ``norm_position``, ``use_bias``, ``dtype``.

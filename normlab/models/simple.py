@@ -49,6 +49,9 @@ class MLP(nn.Module):
       num_classes: size of the logits.
       norm: normalization factory from ``normlab.norms.make_norm`` (normalizes features).
       widths: hidden layer sizes; their number is the depth. Default: the paper's 3x100.
+      depth: None, or a number of hidden layers all of width ``widths[0]`` (then
+        ``widths`` must have one entry): ``depth=50, widths=(100,)`` is a 50x100 MLP,
+        a sweepable scalar for depth studies.
       act: activation, by name or as a function (paper: sigmoid).
       norm_position: ``'before_activation'`` (paper) or ``'after_activation'``.
       use_bias: bias in the hidden layers.
@@ -65,6 +68,7 @@ class MLP(nn.Module):
     num_classes: int
     norm: ModuleDef
     widths: Sequence[int] = (100, 100, 100)
+    depth: int | None = None
     act: str | Callable = 'sigmoid'
     norm_position: str = 'before_activation'
     use_bias: bool = True
@@ -82,8 +86,15 @@ class MLP(nn.Module):
             nn.Dense, kernel_init=scaled_lecun_normal(self.kernel_init_scale), dtype=self.dtype
         )
 
+        widths = tuple(self.widths)
+        if self.depth is not None:
+            if len(widths) != 1 or self.depth < 1:
+                raise ValueError(
+                    f'MLP depth={self.depth} needs depth >= 1 and one width, got widths={widths}'
+                )
+            widths = widths * self.depth
         x = x.reshape(x.shape[0], -1)
-        for k, width in enumerate(self.widths, start=1):
+        for k, width in enumerate(widths, start=1):
             x = dense(width, use_bias=self.use_bias, name=f'dense{k}')(x)
             normalize = norm(name=f'norm{k}')
 

@@ -121,7 +121,9 @@ class Evaluator:
         self.intermediates = make_intermediates_step(model, mesh)
 
     def preactivation_percentiles(self, variables) -> dict:
-        """15/50/85th percentiles of each sown pre-activation on the first eval batch."""
+        """15/50/85th percentiles of each sown pre-activation on the first eval batch:
+        pooled over all of a layer's units (``preact3/p50``) and of its first unit
+        alone (``preact3/unit0/p50``), the one-sigmoid view of Ioffe & Szegedy's Fig. 1."""
         local = next(
             data.eval_iterator(
                 self.config.dataset,
@@ -135,8 +137,10 @@ class Evaluator:
         out = {}
         for name, values in sown.items():
             values = np.asarray(jax.device_get(values))[real]
+            unit0 = values.reshape(len(values), -1)[:, 0]
             for q in (15, 50, 85):
                 out[f'{name}/p{q}'] = float(np.percentile(values, q))
+                out[f'{name}/unit0/p{q}'] = float(np.percentile(unit0, q))
         return out
 
     def _pass(self, step_fn, variables, batch_size, *, fill_padding=False, split=None):
