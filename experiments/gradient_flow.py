@@ -85,9 +85,17 @@ def findings(table) -> list[str]:
                 continue
             parts = []
             for which, when in (('init', 'at initialization'), ('end', 'in the last window')):
-                profiles = [layer_norms(r, depth, which) for r in runs]
-                ratios = [p[1] / p[-1] for p in profiles if p and p[-1] > 0]
-                parts.append(f'{when} {_ratio_text(ratios)}')
+                profiles = [p for p in (layer_norms(r, depth, which) for r in runs) if p]
+                ratios = [p[1] / p[-1] for p in profiles if p[-1] > 0]
+                dead = sum(max(p) == 0 for p in profiles)
+                text = f'{when} {_ratio_text(ratios)}'
+                if dead:
+                    text = (
+                        f'{when} exactly 0 in every hidden layer (dead ReLUs) in {dead} of '
+                        f'{len(profiles)} seeds'
+                        + (f', else {_ratio_text(ratios)}' if ratios else '')
+                    )
+                parts.append(text)
             trained[norm] = all(v < TRAINED for v in cell.values) and not cell.diverged
             verdict = 'trains' if trained[norm] else 'does not train'
             out.append(
