@@ -6,7 +6,7 @@
 30,000 generator steps of 128. Not measured on the development machine (no network
 for the dataset, 2 CPU cores); plan on a GPU. normlab reads CelebA without labels, so
 the GAN is unconditional and the feature network is trained to predict image
-rotations (self-supervised; see `normlab.train.feature_classifier`): the summary has
+rotations (self-supervised; see `normlab.train.gan.feature_classifier`): the summary has
 a Frechet distance in its features but no label entropy. Arguments as in
 ``configs/digits_dcgan.py`` (without ``conditional``).
 """

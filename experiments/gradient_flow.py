@@ -9,8 +9,9 @@ Plain ReLU MLPs (no residual connections) of 10, 30 and 50 hidden layers of 100
 units on ``mnist5k``, with BatchNorm, LayerNorm or no normalization before each
 ReLU, flax's default LeCun-normal init, batch 60, 400 steps of SGD with Nesterov
 momentum 0.9 at 0.02 (cosine), 2 seeds. With ``record_grad_norms`` the trainer logs
-every layer's gradient L2 norm (``train/grad_norm/dense{k}``): at the first step
-(the initial weights) alone, then averaged over 50-step windows. The findings
+every layer's gradient L2 norm (``grad_norm/dense{k}``): at the first step (the
+initial weights) alone (``eval_steps=(1,)`` makes step 1 a logging boundary), then
+averaged over 50-step windows. The findings
 compare the second hidden layer's gradient with the last one's (``dense2`` against
 ``dense{depth}``: both 100x100 kernels, where ``dense1``'s 784x100 kernel would have
 a larger norm for its size alone), at initialization and in the last window, and
@@ -36,7 +37,7 @@ DEPTHS = (10, 30, 50)
 NORMS = ('none', 'batch_norm', 'layer_norm')
 NAMES = {'batch_norm': 'BatchNorm', 'layer_norm': 'LayerNorm', 'none': 'no normalization'}
 DEPTH = 'model_options.depth'
-PREFIX = 'train/grad_norm/'
+PREFIX = 'grad_norm/'
 TRAINED = 0.5  # test error below this: the network learned
 
 
@@ -171,6 +172,7 @@ def get_study(arg=None):
             'num_train_steps': steps,
             'learning_rate': 0.02,
             'record_grad_norms': True,
+            'eval_steps': (1,),  # step 1 is logged alone: the initial weights' gradients
             'record_preactivations': False,
             'log_every_steps': 2 if arg.smoke else 50,
         },

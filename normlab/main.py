@@ -34,13 +34,13 @@ def main(argv):
 
     runtime.setup()
     from normlab import parallel
-    from normlab.train import ConfigError, NonFiniteLossError
+    from normlab.train import ConfigError, DivergedError
     from normlab.train.registry import trainer_for
 
     try:
         parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         trainer_for(_CONFIG.value)(_CONFIG.value, _WORKDIR.value)
-    except (ConfigError, NonFiniteLossError) as e:
+    except (ConfigError, DivergedError) as e:
         logging.flush()
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2 if isinstance(e, ConfigError) else 3)

@@ -34,7 +34,7 @@ def check_gradient_flow(workdir):
     first = first_train_row(workdir, 'norm=none,depth=4,seed=0')
     assert first['step'] == 1  # the initial weights' gradients, alone
     layers = [f'dense{k}' for k in range(1, 5)] + ['head']
-    assert {f'train/grad_norm/{k}' for k in layers} <= set(first)
+    assert {f'grad_norm/{k}' for k in layers} <= set(first)
 
 
 def check_bn_paper(workdir):

@@ -20,7 +20,8 @@ from jax.experimental.compilation_cache import compilation_cache as cc
 from configs import digits_dcgan
 from normlab import data, parallel
 from normlab.metrics import FeatureMoments, frechet_distance, label_entropy
-from normlab.train import ConfigError, feature_classifier, gan, registry
+from normlab.train import ConfigError, gan, registry
+from normlab.train.gan import feature_classifier
 from normlab.train.checkpointing import Checkpointer
 from tests.wandb_records import read_records
 
@@ -123,16 +124,21 @@ def test_the_rotation_task_of_unlabelled_datasets():
 
 
 def test_gan_steps_change_both_networks_and_their_norm_statistics(cache_dir):
-    c = smoke_config(cache_dir)
+    from normlab.train import steps as multi_step
+
+    c = smoke_config(cache_dir, **{'divergence.d_loss_floor': 1e9})
     mesh = parallel.data_mesh()
     generator, discriminator = gan.build_networks(c)
     g_tx, d_tx = gan.build_optimizers(c)
     state = gan.init_state(c, generator, discriminator, g_tx, d_tx, mesh)
     before = jax.device_get(state)
-    step = gan.make_train_step(generator, discriminator, g_tx, d_tx, mesh, gan.step_options(c))
-    batches = gan._real_batches(c, 0, dict(data_dir=None, process_index=0, process_count=1))
-    for _ in range(3):
-        state, metrics = step(state, parallel.global_batch(mesh, next(batches)), 1e9)
+    k = 3
+    step = multi_step.make_train_call(
+        gan._step_fn(c, generator, discriminator, g_tx, d_tx), mesh, steps_per_call=k, batch_fn=None
+    )
+    host = multi_step.HostBatches(gan._real_batches(c, 0), mesh, k)
+    state, metrics = step(state, host.take(k), np.int32(c.seed), np.int32(k))
+    metrics = jax.tree.map(lambda m: m[-1], metrics)
     after = jax.device_get(state)
     metrics = jax.device_get(metrics)
     assert int(after.step) == 3 and int(after.discriminator.step) == 3
@@ -234,13 +240,16 @@ def test_resume_equals_uninterrupted_and_writes_the_run_files(cache_dir, tmp_pat
 
 
 def test_a_collapsed_discriminator_is_reported_not_hidden(cache_dir, tmp_path):
+    from normlab.train import DivergedError
+
     # A floor every loss is under: each step counts towards collapse.
     c = smoke_config(cache_dir, **{'divergence.d_loss_floor': 1e9, 'divergence.patience_steps': 3})
-    s = gan.train_and_evaluate(c, str(tmp_path))
-    assert s['status'] == 'diverged'
-    assert s['diverged_at_step'] == 3 and 'discriminator collapsed' in s['reason']
-    assert read_summary(str(tmp_path))['status'] == 'diverged'
-    assert np.isfinite(s['eval/frechet_distance'])  # the last state is still evaluated
+    with pytest.raises(DivergedError, match='diverged at step 3: discriminator collapsed'):
+        gan.train_and_evaluate(c, str(tmp_path))
+    s = read_summary(str(tmp_path))
+    assert s['status'] == 'diverged' and s['steps'] == 3
+    assert 'discriminator collapsed' in s['reason']
+    assert np.isfinite(s['eval/frechet_distance'])  # the last good state is still evaluated
 
 
 # --- bad configs -------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import time
 import jax
 import pytest
 
-from normlab.train import ConfigError, NonFiniteLossError, classifier
+from normlab.train import ConfigError, DivergedError, classifier
 from tests.wandb_records import read_records
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -120,8 +120,12 @@ def test_init_takes_any_seed_and_seeds_decide_the_weights():
 def test_cpu_fusion_off_reaches_the_compiled_step_and_changes_no_number(tmp_path):
     import numpy as np
 
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
     from normlab import parallel
     from normlab.train import optim, steps
+    from normlab.train.classifier import steps as classifier_steps
 
     c = digits_config(xla_cpu_fusion=False)
     assert steps.compiler_options(c) == {'xla_disable_hlo_passes': 'fusion'}
@@ -130,19 +134,25 @@ def test_cpu_fusion_off_reaches_the_compiled_step_and_changes_no_number(tmp_path
     tx = optim.make_optimizer(c, optim.schedule(c, 10, 10))
     state = classifier.init_state(c, model, tx, mesh, (8, 8, 1))
     n = c.batch_size
-    batch = parallel.global_batch(
-        mesh,
-        {
-            'image': np.zeros((n, 8, 8, 1), np.float32),
-            'label': np.zeros(n, np.int32),
-            'mask': np.ones(n, np.float32),
-        },
-    )
+    stacked = NamedSharding(mesh, P(None, parallel.DATA_AXIS))
+    batch = {
+        'image': jax.device_put(np.zeros((1, n, 8, 8, 1), np.float32), stacked),
+        'label': jax.device_put(np.zeros((1, n), np.int32), stacked),
+        'mask': jax.device_put(np.ones((1, n), np.float32), stacked),
+    }
+    step_fn = classifier_steps.train_step_fn(model, tx, lambda s: 0.1)
     for config, fused in ((c, False), (digits_config(), True)):
-        step = steps.make_train_step(
-            model, tx, mesh, lambda s: 0.1, options=steps.compiler_options(config)
+        step = classifier_steps.make_train_call(
+            step_fn,
+            mesh,
+            steps_per_call=1,
+            split=None,
+            batch_size=n,
+            augment=False,
+            options=steps.compiler_options(config),
         )
-        hlo = step.lower(state, batch).compile().as_text()
+        args = (state, batch, np.int32(0), np.int32(1))
+        hlo = step.lower(*args).compile().as_text()
         # Fusions XLA's pass makes are named after their ops (`add_multiply_fusion`);
         # without it only single wrapped ops and library (YNNPACK) fusions remain.
         names = set(re.findall(r'%([a-z_]+_fusion)[.\d]* = ', hlo)) - {'ynn_fusion'}
@@ -230,7 +240,7 @@ def test_two_processes_equal_one_process_with_four_devices(tmp_path):
 def test_non_finite_loss_stops_with_the_step_and_keeps_checkpoint(tmp_path):
     c = digits_config(learning_rate=1e8, num_train_steps=30, checkpoint_every_steps=1)
     c.log_every_steps = 1
-    with pytest.raises(NonFiniteLossError, match='at step'):
+    with pytest.raises(DivergedError, match='at step'):
         classifier.train_and_evaluate(c, str(tmp_path))
     assert summary(tmp_path)['status'] == 'diverged'
     kept = [int(os.path.basename(p)) for p in glob.glob(str(tmp_path / 'checkpoints' / '*'))]

@@ -12,7 +12,7 @@ import pytest
 
 from normlab import models, norms
 from normlab.train import ConfigError, classifier
-from normlab.train.diagnostics import layer_grad_norms
+from normlab.train.classifier.steps import layer_grad_norms
 
 
 def config_of(module, arg, **overrides):
@@ -33,9 +33,9 @@ def test_layer_grad_norms_is_the_l2_norm_of_each_top_level_entry():
         'head': {'b': -jnp.ones(1)},
     }
     out = jax.jit(layer_grad_norms)(grads)
-    assert set(out) == {'train/grad_norm/dense1', 'train/grad_norm/head'}
-    np.testing.assert_allclose(out['train/grad_norm/dense1'], 6.0)
-    np.testing.assert_allclose(out['train/grad_norm/head'], 1.0)
+    assert set(out) == {'grad_norm/dense1', 'grad_norm/head'}
+    np.testing.assert_allclose(out['grad_norm/dense1'], 6.0)
+    np.testing.assert_allclose(out['grad_norm/head'], 1.0)
 
 
 def test_mnist5k_mlp_learns_and_logs_grad_norms_eval_steps_and_train_split(tmp_path):
@@ -48,7 +48,7 @@ def test_mnist5k_mlp_learns_and_logs_grad_norms_eval_steps_and_train_split(tmp_p
         log_every_steps=50,
         checkpoint_every_steps=1000,
         record_grad_norms=True,
-        eval_steps=(0, 5),
+        eval_steps=(0, 1, 5),
         eval_train_split=True,
         record_preactivations=False,
     )
@@ -57,14 +57,15 @@ def test_mnist5k_mlp_learns_and_logs_grad_norms_eval_steps_and_train_split(tmp_p
     assert s['eval_train/examples'] == 4000 and s['eval/examples'] == 1000
     logged = rows(tmp_path)
     evals = [r for r in logged if 'eval/error' in r]
-    assert [r['step'] for r in evals] == [0, 5, 150]
+    assert [r['step'] for r in evals] == [0, 1, 5, 150]
     assert evals[0]['eval/error'] > 0.7  # the initial weights guess
     train = [r for r in logged if 'train/loss' in r]
-    # Step 1 alone (the initial weights' gradients); an evaluation flushes (step 5).
+    # An evaluation step is a logging boundary: step 1 alone holds the gradients at the
+    # initial weights.
     assert [r['step'] for r in train] == [1, 5, 50, 100, 150]
     layers = ['dense1', 'norm1', 'dense2', 'norm2', 'dense3', 'norm3', 'head']
     first = train[0]
-    per_layer = [first[f'train/grad_norm/{k}'] for k in layers]
+    per_layer = [first[f'grad_norm/{k}'] for k in layers]
     assert all(v > 0 for v in per_layer)
     # The layers partition the params: their norms compose the global norm.
     np.testing.assert_allclose(

@@ -86,9 +86,6 @@ def classifier_config() -> ml_collections.ConfigDict:
     c.precise_bn_batches = 20
     c.eval_batch_size = 500
     c.eval_every_steps = config_dict.placeholder(int)  # None: only at the end
-    # Extra steps to evaluate at (besides eval_every_steps and the end); 0 is the
-    # initial weights. Dense early points make "steps to reach X%" a measurement.
-    c.eval_steps = ()
     # Also evaluate on the whole train split at every evaluation (`eval_train/error`,
     # `eval_train/loss`, with the statistics of the first eval mode): the honest
     # train/test gap, unlike `train/error` (the last window's running batches).
@@ -97,14 +94,26 @@ def classifier_config() -> ml_collections.ConfigDict:
     # on the first eval batch at each evaluation (Ioffe & Szegedy 2015, Fig. 1):
     # over all units (`preact3/p50`) and of unit 0 alone (`preact3/unit0/p50`).
     c.record_preactivations = False
-    # Log each layer's gradient L2 norm (`train/grad_norm/<params key>`) with the
-    # train metrics; the first step (gradients at the initial weights) is its own row.
-    c.record_grad_norms = False
 
     # XLA:CPU's producer-consumer fusion for the train step. Off, ResNet-20 trains
     # 1.1-1.3x faster on CPU and a small MLP 1.5x slower (BENCHMARKS.md); other
     # backends always fuse.
     c.xla_cpu_fusion = True
+
+    # Extra steps at which to evaluate (0: the initial weights), besides
+    # eval_every_steps and the end: dense early evaluation for convergence curves.
+    c.eval_steps = ()
+    # Log grad_norm/<layer> for each top-level layer (gradient-flow studies).
+    c.record_grad_norms = False
+
+    # Where the data lives: 'device' (read once, batched inside the compiled step),
+    # 'stream' (tf.data), or 'auto' (device when both splits fit device_data_mb per
+    # device and their transform runs on devices).
+    c.data_placement = 'auto'
+    c.device_data_mb = 1024
+    # Train steps per dispatch (one lax.scan); None: log_every_steps, or 1 for
+    # convolutional models on CPU, where XLA runs convolutions slower inside a loop.
+    c.steps_per_call = config_dict.placeholder(int)
 
     c.log_every_steps = 50
     c.checkpoint_every_steps = 200

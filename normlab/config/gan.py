@@ -96,7 +96,7 @@ def gan_config() -> ml_collections.ConfigDict:
     c.image_size = config_dict.placeholder(int)
     c.conditional = False  # class-conditional norms in G, projection D (labelled datasets)
     c.dtype = 'float32'
-    c.loss = 'non_saturating'  # non_saturating | hinge (normlab.train.gan_losses)
+    c.loss = 'non_saturating'  # non_saturating | hinge (normlab.train.gan.losses)
 
     c.generator = generator_config()
     c.discriminator = discriminator_config()
@@ -107,6 +107,14 @@ def gan_config() -> ml_collections.ConfigDict:
     c.eval = eval_config()
     c.eval_every_steps = config_dict.placeholder(int)  # None: only at the end
     c.divergence = divergence_config()
+
+    c.eval_steps = ()  # extra evaluation steps (0: the initial generator)
+    # Where the real images live, as for classifiers (normlab.config.classifier).
+    c.data_placement = 'auto'
+    c.device_data_mb = 1024
+    # Generator steps per dispatch (one lax.scan); None: 1 on CPU (convolutions run
+    # slower inside a loop there), else log_every_steps.
+    c.steps_per_call = config_dict.placeholder(int)
 
     c.log_every_steps = 50
     c.checkpoint_every_steps = 500

@@ -6,7 +6,7 @@
 
 These are pure numpy (float64): they never touch a model. Which network supplies
 the features is the caller's choice; normlab's GAN trainer uses a classifier it
-trains itself (`normlab.train.feature_classifier`), so its numbers are *not*
+trains itself (`normlab.train.gan.feature_classifier`), so its numbers are *not*
 Inception FID and are comparable only between runs that share that classifier.
 """
 

@@ -51,7 +51,7 @@ def run_job(job: dict) -> dict:
     from absl import logging
 
     from normlab.studies import command
-    from normlab.train import ConfigError, NonFiniteLossError
+    from normlab.train import ConfigError, DivergedError
     from normlab.train.registry import trainer_for
 
     t0 = time.perf_counter()
@@ -60,7 +60,7 @@ def run_job(job: dict) -> dict:
             config, workdir = command.parse(job['argv'])
             trainer_for(config)(config, workdir)
             status, message = 'finished', ''
-        except NonFiniteLossError as e:
+        except DivergedError as e:
             status, message = 'diverged', str(e)
         except (ConfigError, command.FlagError) as e:
             status, message = 'failed', str(e)

@@ -8,7 +8,7 @@ import importlib
 
 _EXPORTS = {
     'ConfigError': 'normlab.train.config_checks',
-    'NonFiniteLossError': 'normlab.train.classifier',
+    'DivergedError': 'normlab.train.loop',
     'train_and_evaluate': 'normlab.train.classifier',
 }
 

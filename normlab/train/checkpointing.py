@@ -34,8 +34,9 @@ def quiet_libraries() -> None:
 class Checkpointer:
     def __init__(self, workdir: str, *, keep: int):
         quiet_libraries()
+        self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
         self.manager = ocp.CheckpointManager(
-            os.path.abspath(os.path.join(workdir, 'checkpoints')),
+            self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
         )
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 
 import ml_collections
 
 from normlab import data, models, norms
+from normlab.data import resident
 
 EVAL_MODES = ('running', 'precise', 'batch')
 OPTIMIZERS = ('sgd', 'adam', 'adamw')
@@ -37,6 +39,22 @@ def eval_modes(config) -> list[str]:
     return modes
 
 
+def check_loop_config(config) -> None:
+    """The keys `normlab.train.loop` reads, for every trainer."""
+    for key in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
+        if not isinstance(config[key], int) or config[key] <= 0:
+            raise ConfigError(f'{key}={config[key]!r} must be a positive int')
+    for key in ('eval_every_steps', 'steps_per_call'):
+        if config[key] is not None and config[key] <= 0:
+            raise ConfigError(f'{key}={config[key]!r} must be a positive int or None')
+    bad = [s for s in config.eval_steps if not isinstance(s, int) or s < 0]
+    if bad:
+        raise ConfigError(f'eval_steps={tuple(config.eval_steps)!r}: {bad} are not steps >= 0')
+    _choice('data_placement', config.data_placement, resident.PLACEMENTS)
+    if not config.device_data_mb > 0:
+        raise ConfigError(f'device_data_mb={config.device_data_mb} must be positive')
+
+
 def check_classifier_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
     """Raises ConfigError on the first bad value."""
     _choice('dataset', config.dataset, list(data.SPECS))
@@ -48,17 +66,16 @@ def check_classifier_config(config: ml_collections.ConfigDict, num_devices: int)
     _choice('lr_scaling', config.lr_scaling, ('linear', 'none'))
     _choice('wandb.mode', config.wandb.mode, WANDB_MODES)
     eval_modes(config)
-    if not config.learning_rate > 0:
-        raise ConfigError(f'learning_rate={config.learning_rate} must be positive')
+    if not (math.isfinite(config.learning_rate) and config.learning_rate > 0):
+        raise ConfigError(f'learning_rate={config.learning_rate} must be a positive finite number')
+    check_loop_config(config)
     if config.num_train_steps is not None and config.num_train_steps <= 0:
         raise ConfigError(f'num_train_steps={config.num_train_steps} must be a positive int')
     if config.num_train_steps is None and not config.num_epochs > 0:
         raise ConfigError(f'num_epochs={config.num_epochs} must be positive')
-    for key in ('batch_size', 'eval_batch_size', 'log_every_steps', 'checkpoint_every_steps'):
+    for key in ('batch_size', 'eval_batch_size', 'precise_bn_batches'):
         if config[key] <= 0:
             raise ConfigError(f'{key}={config[key]} must be a positive int')
-    if any(not isinstance(s, int) or s < 0 for s in config.eval_steps):
-        raise ConfigError(f'eval_steps={tuple(config.eval_steps)} must be ints >= 0')
     for key in ('batch_size', 'eval_batch_size'):
         if config[key] % num_devices:
             raise ConfigError(

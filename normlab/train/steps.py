@@ -1,58 +1,145 @@
-"""Train and eval steps of a classifier, under `jax.shard_map` over the data axis.
+"""Many train steps per dispatch: one `lax.scan` over a trainer's step, under `shard_map`.
 
-Each step sees one device's slice of the global batch. Every value that
-leaves it is reduced inside it: the loss and metrics by `psum` over real
-(mask == 1) examples, the gradients by autodiff itself (the gradient of a
-device's loss term with respect to *replicated* parameters is summed over
-devices by `shard_map`'s transpose rules, so the step adds no second psum),
-and ``batch_stats`` by `pmean` (per-device statistics differ; pooled ones are
-already equal). `out_specs=P()` makes a forgotten reduction a trace-time error.
+A small model computes a step in microseconds and costs milliseconds when every
+step is its own Python iteration and dispatch. `scan_steps` turns a trainer's
+per-device step ``(state, batch) -> (state, metrics)`` into one call that runs
+up to ``steps_per_call`` steps: the batch of each step comes from
+``batch_fn(data, seed, step, i)`` (device-resident data batched inside the
+program, or row ``i`` of host batches stacked for the call), steps past the
+call's ``n`` are skipped by a `lax.cond` (one executable serves every call
+length), and a step whose `normlab.train.loop.FINITE` flag is false leaves the
+state unchanged.
+
+On CPU, XLA runs convolutions inside a loop body slower than in a program of
+their own (BENCHMARKS.md); `default_steps_per_call` therefore keeps one step per
+call for convolutional models there, where a step's compute dwarfs its dispatch.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Iterator
 
-import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
+import numpy as np
 from jax import lax
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from normlab.norms import BATCH_MOMENTS
 from normlab.parallel import DATA_AXIS
-from normlab.train.diagnostics import layer_grad_norms
+from normlab.train.loop import FINITE
+from normlab.train.state import keep_if
 
 
-@flax.struct.dataclass
-class TrainState:
-    """Everything a checkpoint holds. ``model_state`` is every non-param
-    collection (``batch_stats``, ``norm_steps``, ...)."""
+def scan_steps(step_fn: Callable, batch_fn: Callable, steps_per_call: int) -> Callable:
+    """``body(state, data, seed, n) -> (state, metrics stacked over steps_per_call)``.
 
-    step: jax.Array
-    params: Any
-    opt_state: Any
-    model_state: dict
+    Call `body` inside `shard_map`; `seed` and `n` are traced, so neither a new
+    seed nor a shorter call recompiles.
+    """
 
-    def variables(self) -> dict:
-        return {'params': self.params, **self.model_state}
+    if steps_per_call == 1:  # no loop: XLA:CPU runs convolutions slower inside one
+
+        def single(state, data, seed, n):
+            del n  # a call runs at least one step
+            new, metrics = step_fn(state, batch_fn(data, seed, state.step, 0))
+            new = keep_if(metrics[FINITE], new, state)
+            return new, jax.tree.map(lambda m: m[None], metrics)
+
+        return single
+
+    def body(state, data, seed, n):
+        def one(state, i):
+            def run(state):
+                new, metrics = step_fn(state, batch_fn(data, seed, state.step, i))
+                return keep_if(metrics[FINITE], new, state), metrics
+
+            shapes = jax.eval_shape(run, state)[1]
+
+            def skip(state):
+                return state, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+            return lax.cond(i < n, run, skip, state)
+
+        return lax.scan(one, state, jnp.arange(steps_per_call))
+
+    return body
 
 
-def _reduce_model_state(model_state: dict) -> dict:
-    out = dict(model_state)
-    if 'batch_stats' in out:
-        out['batch_stats'] = lax.pmean(out['batch_stats'], DATA_AXIS)
-    return out
+def make_train_call(
+    step_fn: Callable,
+    mesh: Mesh,
+    *,
+    steps_per_call: int,
+    batch_fn: Callable | None,
+    options: dict | None = None,
+):
+    """The jitted ``(state, data, seed, n) -> (state, stacked metrics)``, donating state.
+
+    With a `batch_fn` (device-resident data), ``data`` is the resident arrays, sharded
+    over the data axis, and batches are built on the devices; with None, ``data`` is
+    host batches stacked to ``(steps_per_call, batch, ...)`` (`HostBatches`).
+    """
+    data_spec = P(DATA_AXIS) if batch_fn is not None else P(None, DATA_AXIS)
+    body = scan_steps(step_fn, batch_fn or row_of_stacked, steps_per_call)
+    sharded = jax.shard_map(
+        body, mesh=mesh, in_specs=(P(), data_spec, P(), P()), out_specs=(P(), P())
+    )
+    return jax.jit(sharded, donate_argnums=0, compiler_options=options)
 
 
-def _sums(logits, labels, mask):
-    """Loss, correct and count sums over this device's real examples."""
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-    return jnp.sum(ce * mask), jnp.sum(correct * mask), jnp.sum(mask)
+class HostBatches:
+    """Streamed batches, stacked per call as ``(steps_per_call, batch, ...)`` global
+    arrays; `iterator` yields this process's rows of consecutive steps' batches."""
+
+    def __init__(self, iterator: Iterator[dict], mesh: Mesh, steps_per_call: int):
+        self.iterator = iterator
+        self.k = steps_per_call
+        self.sharding = NamedSharding(mesh, P(None, DATA_AXIS))
+
+    def take(self, n: int) -> dict:
+        rows = [next(self.iterator) for _ in range(n)]
+        rows += [rows[-1]] * (self.k - n)  # rows past n are skipped by the call
+        return {
+            key: jax.make_array_from_process_local_data(
+                self.sharding, np.stack([r[key] for r in rows])
+            )
+            for key in rows[0]
+        }
+
+
+def row_of_stacked(data, seed, step, i):
+    """`batch_fn` for host batches stacked on a leading axis of ``steps_per_call``."""
+    del seed, step
+    return jax.tree.map(lambda x: x[i], data)
+
+
+def has_convolutions(fn: Callable, *args) -> bool:
+    """Whether tracing ``fn(*args)`` runs a convolution (inspects the jaxpr)."""
+    jaxpr = jax.make_jaxpr(fn)(*args)
+
+    def walk(jaxpr) -> bool:
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == 'conv_general_dilated':
+                return True
+            for value in eqn.params.values():  # scan/cond/jvp bodies, custom rules
+                for sub in value if isinstance(value, (tuple, list)) else (value,):
+                    inner = getattr(sub, 'jaxpr', sub)
+                    if hasattr(inner, 'eqns') and walk(inner):
+                        return True
+        return False
+
+    return walk(jaxpr.jaxpr)
+
+
+def default_steps_per_call(config, *, convolutional: bool) -> int:
+    """``config.steps_per_call``, or when None: one step per call for convolutional
+    models on CPU, else ``log_every_steps`` (calls never cross a log step anyway)."""
+    if config.steps_per_call is not None:
+        return config.steps_per_call
+    if convolutional and jax.default_backend() == 'cpu':
+        return 1
+    return config.log_every_steps
 
 
 def compiler_options(config) -> dict | None:
@@ -62,110 +149,3 @@ def compiler_options(config) -> dict | None:
     # Without the pass XLA:CPU stops recomputing each residual stage's norm-add-ReLU
     # chain inside the transposes that feed the weight-gradient convolutions.
     return {'xla_disable_hlo_passes': 'fusion'}
-
-
-def make_train_step(
-    model: nn.Module,
-    tx: optax.GradientTransformation,
-    mesh: Mesh,
-    lr_fn,
-    *,
-    options: dict | None = None,
-    record_grad_norms: bool = False,
-):
-    """The jitted ``(state, batch) -> (state, metrics)`` step; `options` go to XLA.
-
-    ``record_grad_norms`` adds each layer's gradient norm to the metrics
-    (`normlab.train.diagnostics.layer_grad_norms`).
-    """
-
-    def step(state: TrainState, batch):
-        mask = batch['mask']
-        count = lax.psum(jnp.sum(mask), DATA_AXIS)
-
-        def loss_fn(params):
-            logits, new_state = model.apply(
-                {'params': params, **state.model_state},
-                batch['image'],
-                train=True,
-                mutable=list(state.model_state),
-            )
-            loss_sum, correct, _ = _sums(logits, batch['label'], mask)
-            return loss_sum / count, (new_state, correct)
-
-        (local_loss, (new_state, correct)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params
-        )
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {
-            'train/loss': lax.psum(local_loss, DATA_AXIS),
-            'train/error': 1.0 - lax.psum(correct, DATA_AXIS) / count,
-            'train/lr': lr_fn(state.step),
-            'train/grad_norm': optax.global_norm(grads),
-        }
-        if record_grad_norms:
-            metrics.update(layer_grad_norms(grads))
-        new = state.replace(
-            step=state.step + 1,
-            params=params,
-            opt_state=opt_state,
-            model_state=_reduce_model_state(new_state),
-        )
-        return new, metrics
-
-    sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=(P(), P()))
-    return jax.jit(sharded, donate_argnums=0, compiler_options=options)
-
-
-def make_eval_step(model: nn.Module, mesh: Mesh, *, batch_statistics: bool = False):
-    """Sums of loss, correct predictions and examples over a padded batch.
-
-    ``batch_statistics=True`` normalizes with the statistics of the batch
-    itself (train-mode norms) and throws their updates away.
-    """
-
-    def step(variables, batch):
-        if batch_statistics:
-            mutable = [c for c in variables if c != 'params']
-            logits, _ = model.apply(variables, batch['image'], train=True, mutable=mutable)
-        else:
-            logits = model.apply(variables, batch['image'], train=False)
-        sums = _sums(logits, batch['label'], batch['mask'])
-        return tuple(lax.psum(s, DATA_AXIS) for s in sums)
-
-    sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=P())
-    return jax.jit(sharded)
-
-
-def make_moments_step(model: nn.Module, mesh: Mesh):
-    """Per-batch statistics of every BatchNorm-like layer, averaged over devices,
-    for precise BN (`normlab.norms.recompute_batch_stats`)."""
-
-    def step(variables, images):
-        mutable = [c for c in variables if c != 'params'] + [BATCH_MOMENTS]
-        _, state = model.apply(variables, images, train=True, mutable=mutable)
-        moments = jax.tree.map(
-            lambda calls: jnp.mean(jnp.stack(calls), axis=0),
-            state.get(BATCH_MOMENTS, {}),
-            is_leaf=lambda t: isinstance(t, tuple),
-        )
-        return lax.pmean(moments, DATA_AXIS)
-
-    sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=P())
-    return jax.jit(sharded)
-
-
-def make_intermediates_step(model: nn.Module, mesh: Mesh):
-    """Inference-mode values sown into ``intermediates``, gathered over the batch."""
-
-    def step(variables, images):
-        _, state = model.apply(variables, images, train=False, mutable=['intermediates'])
-        return jax.tree.map(
-            lambda calls: calls[0],
-            state.get('intermediates', {}),
-            is_leaf=lambda t: isinstance(t, tuple),
-        )
-
-    sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=P(DATA_AXIS))
-    return jax.jit(sharded)

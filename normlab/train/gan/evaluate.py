@@ -3,7 +3,7 @@
 At every evaluation the generator (its EMA weights when configured) draws
 ``eval.num_samples`` examples from fixed noise, so two evaluations of the same weights
 give the same numbers. Real and generated images take the same path to the feature
-classifier (`normlab.train.feature_classifier`), which was trained on real images in
+classifier (`normlab.train.gan.feature_classifier`), which was trained on real images in
 the GAN's space ([-1, 1] at the GAN's side). Metrics:
 
 * ``eval/frechet_distance``: the Frechet distance (`normlab.metrics.frechet`) between
@@ -41,9 +41,9 @@ from jax.sharding import PartitionSpec as P
 from normlab import data, parallel
 from normlab.metrics import FeatureMoments, frechet_distance, label_entropy
 from normlab.parallel import DATA_AXIS
-from normlab.train.feature_classifier import FeatureClassifier
-from normlab.train.gan_images import image_grid
-from normlab.train.gan_steps import EVAL_NOISE, GANState, noise
+from normlab.train.gan.feature_classifier import FeatureClassifier
+from normlab.train.gan.images import image_grid
+from normlab.train.gan.steps import EVAL_NOISE, GANState, noise
 
 # The real reference is read in this order whatever the run's seed, so every run of a
 # dataset is compared with the same examples.

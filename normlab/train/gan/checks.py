@@ -25,8 +25,8 @@ import os
 import ml_collections
 
 from normlab import data, norms
-from normlab.train.config_checks import DTYPES, WANDB_MODES, ConfigError
-from normlab.train.gan_losses import LOSSES
+from normlab.train.config_checks import DTYPES, WANDB_MODES, ConfigError, check_loop_config
+from normlab.train.gan.losses import LOSSES
 
 EVAL_NORM_STATS = ('batch', 'running')
 # Keys that change the networks or the state's layout: a resume must agree on them.
@@ -78,14 +78,13 @@ def check_gan_config(config: ml_collections.ConfigDict, num_devices: int) -> Non
         _positive(f'generator.{key}', g[key])
     for key in ('learning_rate', 'width', 'steps'):
         _positive(f'discriminator.{key}', d[key])
-    for key in ('batch_size', 'num_train_steps', 'log_every_steps', 'checkpoint_every_steps'):
+    for key in ('batch_size', 'num_train_steps'):
         _positive(key, config[key])
+    check_loop_config(config)
     _positive('eval.grid_rows', config.eval.grid_rows)
     for key in ('num_samples', 'num_real'):
         if config.eval[key] is None or config.eval[key] < 2:
             raise ConfigError(f'eval.{key}={config.eval[key]} must be >= 2 (a covariance needs 2)')
-    if config.eval_every_steps is not None:
-        _positive('eval_every_steps', config.eval_every_steps)
     if d.r1_weight < 0:
         raise ConfigError(f'discriminator.r1_weight={d.r1_weight} must be >= 0')
     if config.batch_size % num_devices:

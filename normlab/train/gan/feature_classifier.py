@@ -24,7 +24,8 @@ The network's own test accuracy is stored with it (``info.json``) and reported i
 every GAN summary: a feature space from a classifier that cannot tell the classes
 apart makes a weak distance.
 
-Training reuses `normlab.train.steps` on a one-device mesh of this process, so it
+Training runs through the shared loop (`normlab.train.loop`) with the classifier's
+step, on a one-device mesh of this process, so it
 never waits on other processes; the result is deterministic, so every process of a
 multi-host run that trains its own copy gets the same one. A file lock makes
 concurrent runs (a parallel sweep) train a cache entry once.
@@ -38,11 +39,13 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import time
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from absl import logging
@@ -50,13 +53,17 @@ from flax import serialization
 from jax.sharding import Mesh
 
 from normlab import data, models, norms, parallel
-from normlab.train.gan_images import ImageSpace
-from normlab.train.init_compile import run_init
-from normlab.train.steps import TrainState, make_eval_step, make_train_step
+from normlab.train import loop
+from normlab.train import steps as multi_step
+from normlab.train.classifier import steps as classifier_steps
+from normlab.train.gan.images import ImageSpace
+from normlab.train.state import TrainState, initialize
 
 CACHE_ENV = 'NORMLAB_CACHE_DIR'
 # Bump when the training code changes in a way that changes the network.
-VERSION = 1
+VERSION = 2
+# Eval batch of the test-accuracy pass: any size gives the same numbers.
+EVAL_BATCH_SIZE = 500
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,7 +202,7 @@ def load_or_train(
     init = _initializer(model, recipe, (space.size, space.size, space.channels))
     with _file_lock(path + '.lock'):
         if not os.path.exists(os.path.join(path, 'info.json')):
-            _train_and_save(dataset, space, recipe, model, run_init(init), path, data_dir)
+            _train_and_save(dataset, space, recipe, model, init, path, data_dir)
     with open(os.path.join(path, 'variables.msgpack'), 'rb') as f:
         # Only the tree structure is needed to restore: no init to compile.
         variables = serialization.from_bytes(jax.eval_shape(init), f.read())
@@ -239,7 +246,23 @@ def _as_task(batch: dict, to_gan, task: str, rng: np.random.Generator | None) ->
     return {'image': _rotate(images, k), 'label': k.astype(np.int32), 'mask': mask}
 
 
-def _train_and_save(dataset, space, recipe: Recipe, model, template, path, data_dir) -> None:
+def _loop_config(recipe: Recipe) -> ml_collections.ConfigDict:
+    """What `normlab.train.loop` reads: one log row and one checkpoint, at the end."""
+    return ml_collections.ConfigDict(
+        {
+            'recipe': dataclasses.asdict(recipe),
+            'log_every_steps': recipe.steps,
+            'checkpoint_every_steps': recipe.steps,
+            'keep_checkpoints': 1,
+            'eval_every_steps': None,
+            'eval_steps': (),
+            'steps_per_call': None,
+            'wandb': {'mode': 'disabled'},
+        }
+    )
+
+
+def _train_and_save(dataset, space, recipe: Recipe, model, init, path, data_dir) -> None:
     t0 = time.perf_counter()
     spec = data.get_spec(dataset)
     task = task_of(spec)
@@ -253,45 +276,63 @@ def _train_and_save(dataset, space, recipe: Recipe, model, template, path, data_
     mesh = Mesh(np.array(jax.local_devices()[:1]), (parallel.DATA_AXIS,))
     lr = optax.cosine_decay_schedule(recipe.learning_rate, recipe.steps)
     tx = optax.adam(lr)
-    params = template['params']
-    state = TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        opt_state=tx.init(params),
-        model_state={k: v for k, v in template.items() if k != 'params'},
+    state = initialize(lambda: TrainState.create(init(), tx), parallel.replicated(mesh))
+    config = _loop_config(recipe)
+    k = multi_step.default_steps_per_call(config, convolutional=True)
+    call = multi_step.make_train_call(
+        classifier_steps.train_step_fn(model, tx, lr), mesh, steps_per_call=k, batch_fn=None
     )
-    state = jax.device_put(state, parallel.replicated(mesh))
-    train_step = make_train_step(model, tx, mesh, lr)
     batches = data.train_iterator(
         dataset, global_batch_size=recipe.batch_size, seed=recipe.seed, data_dir=data_dir
     )
-    rng = np.random.default_rng(recipe.seed)
     to_gan = jax.jit(space.to_gan)
-    for _ in range(recipe.steps):
-        batch = parallel.global_batch(mesh, _as_task(next(batches), to_gan, task, rng))
-        state, metrics = train_step(state, batch)
-    eval_step = make_eval_step(model, mesh)
-    totals = np.zeros(3)
-    for batch in data.eval_iterator(dataset, global_batch_size=500, data_dir=data_dir):
-        batch = parallel.global_batch(mesh, _as_task(batch, to_gan, task, None))
-        totals += np.asarray(jax.device_get(eval_step(state.variables(), batch)))
-    _, correct, count = totals
+
+    def task_batches():
+        for step, batch in enumerate(batches):
+            # Rotations drawn from (seed, step): the batch of a step is fixed.
+            rng = np.random.default_rng((recipe.seed, step))
+            yield _as_task(batch, to_gan, task, rng)
+
+    host = multi_step.HostBatches(task_batches(), mesh, k)
+    eval_step = classifier_steps.make_eval_step(model, mesh)
+
+    def evaluate(state, step: int) -> dict:
+        totals = np.zeros(3)
+        for batch in data.eval_iterator(
+            dataset, global_batch_size=EVAL_BATCH_SIZE, data_dir=data_dir
+        ):
+            batch = parallel.global_batch(mesh, _as_task(batch, to_gan, task, None))
+            totals += np.asarray(jax.device_get(eval_step(state.variables(), batch)))
+        _, correct, count = totals
+        return {'eval/accuracy': correct / count, 'eval/examples': int(count)}
+
+    trainer = loop.Trainer(
+        state=state,
+        total_steps=recipe.steps,
+        examples_per_step=recipe.batch_size,
+        steps_per_call=k,
+        train=lambda state, n: call(state, host.take(n), np.int32(recipe.seed), np.int32(n)),
+        evaluate=evaluate,
+        description=f'{dataset} feature classifier',
+    )
+    # Trained in a temporary directory renamed when complete: a killed run leaves no
+    # half entry (and a later one starts afresh in its own directory).
+    tmp = f'{path}.tmp{os.getpid()}'
+    summary = loop.run(config, tmp, trainer)
+    shutil.rmtree(os.path.join(tmp, 'checkpoints'), ignore_errors=True)
     info = {
         'dataset': dataset,
         'image_size': space.size,
         'task': task,
         'recipe': dataclasses.asdict(recipe),
-        'test_accuracy': correct / count,
-        'test_examples': int(count),
-        'final_train_loss': float(metrics['train/loss']),
+        'test_accuracy': summary['eval/accuracy'],
+        'test_examples': summary['eval/examples'],
+        'final_train_loss': summary['train/loss'],
         'train_s': time.perf_counter() - t0,
         'version': VERSION,
     }
-    # Written to a temporary directory and renamed: a killed run leaves no half entry.
-    tmp = f'{path}.tmp{os.getpid()}'
-    os.makedirs(tmp, exist_ok=True)
     with open(os.path.join(tmp, 'variables.msgpack'), 'wb') as f:
-        f.write(serialization.to_bytes(jax.device_get(state.variables())))
+        f.write(serialization.to_bytes(jax.device_get(trainer.state.variables())))
     with open(os.path.join(tmp, 'info.json'), 'w') as f:
         json.dump(info, f, indent=2, sort_keys=True)
     os.replace(tmp, path)

@@ -9,16 +9,16 @@ One call of the step is one *generator* step:
 2. one generator update through the just-updated D (whose state changes are dropped:
    only D's own updates advance its batch statistics and power iterations).
 
-Both networks run on every device's slice of the batch; as in `normlab.train.steps`,
+Both networks run on every device's slice of the batch; as in `normlab.train.classifier.steps`,
 losses are local sums divided by the *global* batch, so autodiff's transpose of the
 replicated parameters sums the gradients over devices (no separate psum), metrics
 are `psum`-ed, ``batch_stats`` are `pmean`-ed, and ``out_specs=P()`` turns a
 forgotten reduction into a trace-time error.
 
-Noise and fake labels are drawn from ``(seed, step)`` for the whole global batch
-outside the shard_map (``jax_threefry_partitionable`` makes that cheap), so a run's
-random numbers do not depend on the device count and a resumed run draws exactly
-what an uninterrupted one would.
+Noise and fake labels are drawn from ``(seed, step)`` for the whole global batch on
+every device, which keeps its own rows, so a run's random numbers do not depend on
+the device count and a resumed run draws exactly what an uninterrupted one would.
+`normlab.train.steps.scan_steps` runs this step ``steps_per_call`` times per call.
 """
 
 from __future__ import annotations
@@ -32,15 +32,14 @@ import jax
 import jax.numpy as jnp
 import optax
 from jax import lax
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from normlab.parallel import DATA_AXIS
-from normlab.train.gan_images import ImageSpace
-from normlab.train.gan_losses import GANLoss
-from normlab.train.steps import TrainState
+from normlab.train.gan.images import ImageSpace
+from normlab.train.gan.losses import GANLoss
+from normlab.train.loop import FINITE
+from normlab.train.state import TrainState, all_finite, reduce_model_state
 
-# fold_in tags that keep the training, evaluation and grid noise streams apart.
+# fold_in tags that keep the training and evaluation noise streams apart.
 TRAIN_NOISE, EVAL_NOISE = 0, 1
 
 
@@ -71,7 +70,7 @@ class StepOptions:
     """What the step needs from the config, so no hyperparameter hides in the step.
 
     Attributes:
-      loss: the GAN loss (`normlab.train.gan_losses`).
+      loss: the GAN loss (`normlab.train.gan.losses`).
       latent_dim: size of z.
       num_classes: classes to condition on; 0: unconditional.
       d_steps: discriminator updates per generator update.
@@ -101,14 +100,6 @@ def noise(seed: int, stream: int, index, batch_size: int, shape: tuple, num_clas
     return z, labels
 
 
-def reduce_model_state(model_state: dict) -> dict:
-    """Per-device batch statistics differ: average them (other state is replicated)."""
-    out = dict(model_state)
-    if 'batch_stats' in out:
-        out['batch_stats'] = lax.pmean(out['batch_stats'], DATA_AXIS)
-    return out
-
-
 def ema_decay_at(decay: float, step) -> jax.Array:
     """``min(decay, (1 + t) / (10 + t))``: early averages are not stuck at the init
     weights (the ``num_updates`` rule of TensorFlow's ExponentialMovingAverage)."""
@@ -116,34 +107,46 @@ def ema_decay_at(decay: float, step) -> jax.Array:
     return jnp.minimum(decay, (1.0 + t) / (10.0 + t))
 
 
-def make_train_step(
+def train_step_fn(
     generator: nn.Module,
     discriminator: nn.Module,
     g_tx: optax.GradientTransformation,
     d_tx: optax.GradientTransformation,
-    mesh: Mesh,
     options: StepOptions,
+    *,
+    global_batch_size: int,
+    d_loss_floor: float,
 ):
-    """Returns ``train_step(state, batch, d_loss_floor) -> (state, metrics)``, jitted,
-    donating state.
+    """The per-device ``(state, batch) -> (state, metrics)`` of one generator step.
 
-    ``batch['image']`` is ``(global_batch, d_steps, H, W, C)`` normalized pipeline
-    images (one real batch per discriminator update, stacked on axis 1) and
-    ``batch['label']`` ``(global_batch, d_steps)`` when conditional. A step whose
-    discriminator loss is below ``d_loss_floor`` (a scalar argument, so changing it
-    never recompiles; -inf disables) counts towards collapse.
+    ``batch['image']`` is this device's ``(local_batch, d_steps, H, W, C)`` normalized
+    pipeline images (one real batch per discriminator update, stacked on axis 1) and
+    ``batch['label']`` ``(local_batch, d_steps)`` when conditional. The noise of the
+    whole global batch is drawn from ``(seed, step)`` on every device and each takes
+    its rows, so it does not depend on the device count. A step whose
+    discriminator loss is below `d_loss_floor` (-inf: never) counts towards collapse.
     """
     o = options
     loss = o.loss
     conditional = o.num_classes > 0
-    num_devices = mesh.size
+    count = float(global_batch_size)  # examples per batch, all devices
 
     def labels_or_none(y):
         return y if conditional else None
 
-    def step(state: GANState, batch, z, fake_labels, d_loss_floor):
-        local = z.shape[0]
-        count = float(local * num_devices)  # examples per batch, all devices
+    def step(state: GANState, batch):
+        local = batch['image'].shape[0]
+        z, fake_labels = noise(
+            o.seed,
+            TRAIN_NOISE,
+            state.step,
+            global_batch_size,
+            (o.d_steps + 1, o.latent_dim),
+            o.num_classes,
+        )
+        first = lax.axis_index(DATA_AXIS) * local
+        z = lax.dynamic_slice_in_dim(z, first, local)
+        fake_labels = lax.dynamic_slice_in_dim(fake_labels, first, local)
         images = jnp.moveaxis(batch['image'], 1, 0)
         d_steps, _, h, w, c = images.shape
         real = o.space.to_gan(images.reshape(d_steps * local, h, w, c))
@@ -255,27 +258,7 @@ def make_train_step(
             ema_params=ema,
             collapsed_steps=collapsed,
         )
+        metrics[FINITE] = all_finite(metrics, g_grads, new)
         return new, metrics
 
-    sharded = jax.shard_map(
-        step,
-        mesh=mesh,
-        in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P(DATA_AXIS), P()),
-        out_specs=(P(), P()),
-    )
-    batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
-
-    def train_step(state: GANState, batch, d_loss_floor):
-        z, fake_labels = noise(
-            o.seed,
-            TRAIN_NOISE,
-            state.step,
-            batch['image'].shape[0],
-            (o.d_steps + 1, o.latent_dim),
-            o.num_classes,
-        )
-        z = lax.with_sharding_constraint(z, batch_sharding)
-        fake_labels = lax.with_sharding_constraint(fake_labels, batch_sharding)
-        return sharded(state, batch, z, fake_labels, jnp.asarray(d_loss_floor, jnp.float32))
-
-    return jax.jit(train_step, donate_argnums=0)
+    return step

@@ -1,0 +1,188 @@
+"""`train_and_evaluate(config, workdir)` for image classifiers.
+
+Wires data, model, norm, optimizer and mesh together and hands them to the one
+training loop (`normlab.train.loop`), which owns resume, files, W&B, cadence
+and divergence. A run writes ``config.json``, ``metrics.jsonl``,
+``summary.json``, ``checkpoints/`` and its W&B files into `workdir`; calling it
+again on the same `workdir` resumes from the newest checkpoint and ends with the
+same numbers as an uninterrupted run.
+
+Data that fits the devices (``config.data_placement``) lives there and every
+batch is built inside the compiled step; otherwise `tf.data` streams it.
+``steps_per_call`` steps run per dispatch (`normlab.train.steps`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+from normlab import data, models, norms, parallel
+from normlab.data import resident
+from normlab.train import config_checks, loop, optim
+from normlab.train import steps as multi_step
+from normlab.train.classifier import steps
+from normlab.train.classifier.evaluate import Evaluator
+from normlab.train.state import TrainState, initialize
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def build_norm(config: ml_collections.ConfigDict) -> norms.ModuleDef:
+    """The norm factory: the norm's own options from ``config.norm``, the data axis.
+
+    Options the chosen norm does not take are skipped (logged once), so one
+    config can sweep over norms.
+    """
+    fields = set(norms.norm_fields(config.norm.name))
+    options = {
+        k: v for k, v in config.norm.items() if k in fields and v is not None and k not in ('name',)
+    }
+    skipped = sorted(k for k in config.norm if k not in fields and k not in ('name',))
+    if 'axis_name' in fields and norms.is_stateful(config.norm.name):
+        # Batch statistics pool over the data axis; per-example norms never
+        # need a collective (their axis_name is for model-parallel features).
+        options['axis_name'] = parallel.DATA_AXIS
+    if skipped:
+        logging.info('norm %s ignores config.norm.%s', config.norm.name, ', '.join(skipped))
+    return norms.make_norm(config.norm.name, **options)
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int):
+    kwargs = dict(config.model_options)
+    kwargs['dtype'] = DTYPES[config.dtype]
+    if config.norm.weight_standardization:
+        kwargs['conv'] = norms.WeightStandardizedConv
+    return models.create(config.model, num_classes=num_classes, norm=build_norm(config), **kwargs)
+
+
+def num_train_steps(config, *, data_dir=None) -> tuple[int, int]:
+    """(total steps, steps per epoch); an explicit num_train_steps always wins."""
+    examples = data.num_train_examples(config.dataset, data_dir=data_dir)
+    steps_per_epoch = max(examples // config.batch_size, 1)
+    if config.num_train_steps is not None:
+        return config.num_train_steps, steps_per_epoch
+    return max(int(math.ceil(config.num_epochs * steps_per_epoch)), 1), steps_per_epoch
+
+
+def validate(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Every check that can fail before compiling (raises ConfigError)."""
+    config_checks.check_classifier_config(config, jax.device_count())
+    config_checks.check_workdir(workdir)
+    config_checks.check_resume(config, workdir)
+    try:
+        spec = data.get_spec(config.dataset)
+        model = build_model(config, spec.num_classes)
+        # Tracing init (no compile) surfaces shape errors: groups vs channels,
+        # images too small for the model.
+        dummy = jax.ShapeDtypeStruct((2, *spec.image_shape), jnp.float32)
+        jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), dummy)
+        data.prepared_builder(config.dataset, data_dir=config.data_dir)
+    except (ValueError, TypeError, data.DatasetNotPreparedError) as e:
+        raise config_checks.ConfigError(str(e)) from e
+
+
+def init_state(config, model, tx, mesh, image_shape) -> TrainState:
+    dummy = jnp.zeros((2, *image_shape), jnp.float32)
+
+    def init(key_data):  # an argument, so every seed shares one executable
+        # XLA:CPU takes ~10x longer to compile threefry than rbg for a model's init.
+        key = jax.random.wrap_key_data(key_data, impl='rbg')
+        return TrainState.create(model.init(key, dummy, train=False), tx)
+
+    key_data = np.asarray(jax.random.key_data(jax.random.key(config.seed, impl='rbg')))
+    if jax.process_count() > 1:  # the one thing that must agree: the seed, checked cheaply
+        multihost_utils.assert_equal(key_data, f'seed={config.seed} differs between processes')
+    return initialize(init, parallel.replicated(mesh), key_data)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains and evaluates a classifier; returns the summary (also in summary.json)."""
+    validate(config, workdir)
+    mesh = parallel.data_mesh()
+    spec = data.get_spec(config.dataset)
+    total_steps, steps_per_epoch = num_train_steps(config, data_dir=config.data_dir)
+    model = build_model(config, spec.num_classes)
+    lr_fn = optim.schedule(config, total_steps, steps_per_epoch)
+    tx = optim.make_optimizer(config, lr_fn)
+    state = init_state(config, model, tx, mesh, spec.image_shape)
+
+    on_device = resident.on_device(
+        config.dataset,
+        config.data_placement,
+        budget_mb=config.device_data_mb,
+        num_devices=mesh.devices.size,
+        data_dir=config.data_dir,
+    )
+    load = lambda split: resident.load(config.dataset, split, mesh, data_dir=config.data_dir)  # noqa: E731
+    train_split = load(spec.train_split) if on_device else None
+    eval_split = load(spec.eval_split) if on_device else None
+    step_fn = steps.train_step_fn(model, tx, lr_fn, record_grad_norms=config.record_grad_norms)
+    k = multi_step.default_steps_per_call(config, convolutional=_convolutional(model, spec))
+    call = multi_step.make_train_call(
+        step_fn,
+        mesh,
+        steps_per_call=k,
+        batch_fn=(
+            steps.resident_batch_fn(train_split, config.batch_size, config.augment)
+            if on_device
+            else None
+        ),
+        options=multi_step.compiler_options(config),
+    )
+    seed = np.int32(config.seed)
+    host_batches = None
+
+    def train(state, n):
+        nonlocal host_batches
+        if on_device:
+            return call(state, train_split.arrays, seed, np.int32(n))
+        if host_batches is None:  # opened at the resumed step, on the first call
+            iterator = data.train_iterator(
+                config.dataset,
+                global_batch_size=config.batch_size,
+                seed=config.seed,
+                start_step=int(state.step),
+                augment=config.augment,
+                data_dir=config.data_dir,
+                process_index=jax.process_index(),
+                process_count=jax.process_count(),
+            )
+            host_batches = multi_step.HostBatches(iterator, mesh, k)
+        return call(state, host_batches.take(n), seed, np.int32(n))
+
+    evaluator = Evaluator(
+        config, model, mesh, train_split=train_split, eval_split=eval_split, fused=k > 1
+    )
+    params = optim.count_params(state.params)
+    trainer = loop.Trainer(
+        state=state,
+        total_steps=total_steps,
+        examples_per_step=config.batch_size,
+        steps_per_call=k,
+        train=train,
+        evaluate=lambda state, step: evaluator(state),
+        description=(
+            f'{config.model} on {config.dataset} ({"on the devices" if on_device else "streamed"})'
+            f', norm {config.norm.name}: {params} params, {total_steps} steps of '
+            f'{config.batch_size} on {jax.device_count()} device(s), {k} per call'
+        ),
+        tags=None,
+        summary=lambda state: {'params': params},
+    )
+    summary = loop.run(config, workdir, trainer)
+    logging.info('eval error %.4f', summary['eval/error'])
+    return summary
+
+
+def _convolutional(model, spec) -> bool:
+    dummy = jax.ShapeDtypeStruct((2, *spec.image_shape), jnp.float32)
+    return multi_step.has_convolutions(
+        lambda x: model.init(jax.random.key(0, impl='rbg'), x, train=False), dummy
+    )
