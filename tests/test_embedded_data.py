@@ -115,3 +115,28 @@ def test_mnist1d_50k_config(tmp_path):
     assert data.num_train_examples('mnist1d/50k', data_dir=str(tmp_path)) == 40_000
     assert data.num_eval_examples('mnist1d/50k', data_dir=str(tmp_path)) == 10_000
     assert data.get_spec('mnist1d/50k').image_shape == mnist1d_lib.SIGNAL_SHAPE
+
+
+@pytest.mark.parametrize('name', ['mnist5k', 'mnist1d'])
+def test_device_batches_are_the_streamed_preprocessing(embedded_dir, name):
+    import jax
+    from jax.sharding import PartitionSpec as P
+
+    from normlab import parallel
+    from normlab.data import resident
+
+    mesh = parallel.data_mesh()
+    spec = data.get_spec(name)
+    split = resident.load(name, spec.eval_split, mesh, data_dir=embedded_dir)
+    fn = jax.jit(
+        jax.shard_map(
+            lambda arrays: resident.eval_batch(arrays, 0, split=split, batch_size=1000),
+            mesh=mesh,
+            in_specs=(P(parallel.DATA_AXIS),),
+            out_specs=P(parallel.DATA_AXIS),
+        )
+    )
+    on_device = jax.device_get(fn(split.arrays))
+    streamed = next(data.eval_iterator(name, global_batch_size=1000, data_dir=embedded_dir))
+    np.testing.assert_allclose(on_device['image'], streamed['image'], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(on_device['label'], streamed['label'])
