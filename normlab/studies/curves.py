@@ -47,7 +47,7 @@ def steps_to_error(record: RunRecord, target: float, key: str = 'eval/error') ->
 
 
 def describe_crossings(crossings: Sequence[Crossing]) -> str:
-    """``'reached at step 35 ± 7 (evaluated every 5-5 steps there)'``, bounds and misses."""
+    """``'reached at step 35 ± 7 (evaluated every 5 steps there)'``, bounds and misses."""
     reached = [c for c in crossings if c.step is not None]
     if not reached:
         return f'never reached in training ({len(crossings)} of {len(crossings)} seeds)'
@@ -59,11 +59,19 @@ def describe_crossings(crossings: Sequence[Crossing]) -> str:
     if len(gaps) < len(reached):
         text += ' (an upper bound: at the first evaluation)'
     elif gaps:
-        text += f' (evaluated every {min(gaps)}-{max(gaps)} steps there)'
+        every = f'{min(gaps)}' if min(gaps) == max(gaps) else f'{min(gaps)}-{max(gaps)}'
+        text += f' (evaluated every {every} steps there)'
     missed = len(crossings) - len(reached)
     if missed:
         text += f'; {missed} of {len(crossings)} seeds never got there'
     return text
+
+
+def crossing_steps(crossings: Sequence[Crossing]) -> Cell | None:
+    """The crossing steps over seeds as a `Cell`; None when some seed never crossed."""
+    if not crossings or any(c.step is None for c in crossings):
+        return None
+    return Cell(tuple(float(c.step) for c in crossings))
 
 
 def mean_steps(crossings: Sequence[Crossing]) -> float | None:
