@@ -51,8 +51,15 @@ def _scales_text(scales) -> str:
     return ', '.join(f'{s:g}' for s in scales)
 
 
-def _step_text(step) -> str:
-    return 'never' if step is None else f'{step:.0f}'
+def _start_text(crossings) -> str:
+    """Mean step of the first evaluation below STARTED; '<= s' when that is the first
+    evaluation after step 0 (the resolution); 'never' counts the seeds."""
+    missed = sum(c.step is None for c in crossings)
+    if missed:
+        return f'never in {missed} of {len(crossings)} seeds'
+    mean = curves.mean_steps(crossings)
+    first = all(c.before == 0 for c in crossings)
+    return f'<= {mean:.0f}' if first else f'{mean:.0f}'
 
 
 def findings(table) -> list[str]:
@@ -76,7 +83,7 @@ def findings(table) -> list[str]:
                 (trains if worst < TRAINED and not cell.diverged else fails).append(scale)
                 runs = _runs(table, **where)
                 start = [curves.steps_to_error(r, STARTED) for r in runs]
-                starts.append(f'{scale:g}: {_step_text(curves.mean_steps(start))}')
+                starts.append(f'{scale:g}: {_start_text(start)}')
             trained_at[norm] = trains
             errors = [table.cell(m, **{'norm.name': norm, SCALE: s, DEPTH: depth}) for s in trains]
             span = (
