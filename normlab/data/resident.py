@@ -7,14 +7,14 @@ and every step builds its own batch inside the compiled program:
 
 - **which examples**: global example ``i`` of the training stream (step
   ``i // B``, row ``i % B``) is position ``i % N`` of epoch ``i // N``'s
-  permutation, drawn from ``(seed, epoch)``. Batches straddle epoch boundaries
+  permutation, a function of ``(seed, epoch)``. Batches straddle epoch boundaries
   as in `normlab.data.pipeline`, so the guarantees are the same: the same seed
   gives the same batches, a run resumed at step ``k`` sees what an
   uninterrupted one sees (nothing is replayed: a batch is a function of its
   step), and device ``d`` of ``D`` gets rows ``[d*b, (d+1)*b)`` whatever the
   number of processes. The permutations differ from the streaming pipeline's
-  (JAX's RNG, not TensorFlow's), so the two paths see the same examples every
-  epoch, in different orders.
+  (a hash here, TensorFlow's shuffle there), so the two paths see the same
+  examples every epoch, in different orders.
 - **gathering across devices**: each device fills the rows of the global batch
   it owns (zeros elsewhere), and one ``psum_scatter`` hands every device its
   slice: exact (one non-zero term per value) and one collective per batch.
@@ -157,9 +157,26 @@ def _gather(arrays: dict, rows: jax.Array) -> dict:
     return out
 
 
+def _mix32(x: jax.Array) -> jax.Array:
+    """A 32-bit integer hash with full avalanche (the murmur3 finalizer)."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = x * jnp.uint32(0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
 def _epoch_permutation(seed, epoch, n: int) -> jax.Array:
-    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _SHUFFLE), epoch)
-    return jax.random.permutation(key, n)
+    """Epoch `epoch`'s order of the `n` examples: a sort by hashed ``(seed, epoch, i)``.
+
+    Integer hashing instead of `jax.random.permutation`: XLA:CPU compiles threefry
+    slowly, and this runs inside every step. Ties (rare) keep index order, so the
+    order is a pure function of its arguments on every backend and under `vmap`.
+    """
+    salt = _mix32(jnp.asarray(seed, jnp.uint32) ^ jnp.uint32(0x9E3779B9))
+    salt = _mix32(salt ^ _mix32(jnp.asarray(epoch, jnp.uint32) + jnp.uint32(_SHUFFLE)))
+    keys = _mix32(jnp.arange(n, dtype=jnp.uint32) ^ salt)
+    return jnp.argsort(keys, stable=True).astype(jnp.int32)
 
 
 def train_rows(seed, step, *, batch_size: int, num_examples: int) -> jax.Array:

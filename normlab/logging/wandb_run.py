@@ -11,12 +11,19 @@ from __future__ import annotations
 
 import netrc
 import os
+import queue
 import secrets
+import threading
 
 import jax
 import ml_collections
 from absl import logging
 from flax import traverse_util
+
+# W&B's own wait for its service and an online start; it runs off the training thread.
+INIT_TIMEOUT_S = 30
+# The most a finished run waits for W&B to write its queued calls.
+FINISH_TIMEOUT_S = 120
 
 
 def flat_config(config: ml_collections.ConfigDict) -> dict:
@@ -47,22 +54,43 @@ def run_tags(config) -> list[str]:
 
 
 class WandbRun:
-    """Thin wrapper: `log`, `summary`, `finish`; a no-op off process 0 or when disabled."""
+    """`log`, `log_images`, `summary`, `finish`; a no-op off process 0 or when disabled.
+
+    W&B starts on a thread of its own and every call is queued for it, so training
+    never waits on W&B: not for its service to start, not for a network that does not
+    answer (an online start that times out falls back to offline while the run
+    trains). Only `finish` waits, at most ``finish_timeout`` seconds, for the queue to
+    drain so the run's W&B files are complete.
+    """
 
     def __init__(self, config, workdir: str, *, tags: list[str] | None = None):
         self.run = None
         self.mode = 'disabled'
         if jax.process_index() != 0 or config.wandb.mode == 'disabled':
+            self._queue = None
             return
+        self.mode = _resolve_mode(config.wandb.mode)
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(
+            target=self._serve, args=(config, workdir, tags), name='wandb', daemon=True
+        )
+        self._thread.start()
+
+    def _serve(self, config, workdir, tags) -> None:
+        self._start(config, workdir, tags)
+        while True:
+            call = self._queue.get()
+            if call is None:
+                return
+            if self.run is not None:
+                try:
+                    call(self.run)
+                except Exception as e:  # noqa: BLE001 - a W&B failure must not stop training
+                    logging.warning('W&B call failed (%s)', str(e).splitlines()[-1:])
+
+    def _start(self, config, workdir, tags) -> None:
         import wandb  # imported lazily: it is slow to import
 
-        mode = config.wandb.mode
-        if mode in ('auto', 'online') and not has_credentials():
-            if mode == 'online':
-                logging.warning('wandb.mode=online but no W&B credentials: logging offline')
-            mode = 'offline'
-        elif mode == 'auto':
-            mode = 'online'
         id_path = os.path.join(workdir, 'wandb_run_id')
         if os.path.exists(id_path):
             with open(id_path) as f:
@@ -78,13 +106,15 @@ class WandbRun:
             config=flat_config(config),
             dir=workdir,
             resume='allow',
-            settings=wandb.Settings(console='off', init_timeout=30, silent=True),
+            settings=wandb.Settings(console='off', init_timeout=INIT_TIMEOUT_S, silent=True),
         )
-        # Fallbacks, in order: offline if online fails (no network); a new run id
-        # if the old one is still held (a killed process's W&B service); no W&B
-        # at all rather than no training.
-        attempts = [(mode, run_id)]
-        if mode == 'online':
+        # Fallbacks, in order: offline if online fails (no network), under a new id
+        # (the failed online start may still hold the old one); a new run id if the
+        # old one is still held (a killed process's W&B service); no W&B at all
+        # rather than no training.
+        attempts = [(self.mode, run_id)]
+        if self.mode == 'online':
+            run_id = secrets.token_hex(4)
             attempts.append(('offline', run_id))
         attempts.append(('offline', secrets.token_hex(4)))
         for mode, run_id in attempts:
@@ -100,21 +130,42 @@ class WandbRun:
         with open(id_path, 'w') as f:
             f.write(run_id)
 
+    def _put(self, call) -> None:
+        if self._queue is not None:
+            self._queue.put(call)
+
     def log(self, metrics: dict, step: int) -> None:
-        if self.run is not None:
-            self.run.log(metrics, step=step)
+        self._put(lambda run: run.log(dict(metrics), step=step))
 
     def log_images(self, images: dict, step: int) -> None:
-        if self.run is not None:
+        def log(run):
             import wandb
 
-            self.run.log({k: wandb.Image(v) for k, v in images.items()}, step=step)
+            run.log({k: wandb.Image(v) for k, v in images.items()}, step=step)
+
+        self._put(log)
 
     def summary(self, values: dict) -> None:
-        if self.run is not None:
-            self.run.summary.update(values)
+        self._put(lambda run: run.summary.update(dict(values)))
 
-    def finish(self, exit_code: int = 0) -> None:
-        if self.run is not None:
-            self.run.finish(exit_code=exit_code)
-            self.run = None
+    def finish(self, exit_code: int = 0, *, finish_timeout: float = FINISH_TIMEOUT_S) -> None:
+        if self._queue is None:
+            return
+        self._put(lambda run: run.finish(exit_code=exit_code))
+        self._queue.put(None)
+        self._thread.join(finish_timeout)
+        if self._thread.is_alive():
+            logging.warning(
+                'W&B did not finish within %.0f s; its files may be incomplete', finish_timeout
+            )
+        self._queue = None
+        self.run = None
+
+
+def _resolve_mode(mode: str) -> str:
+    """'auto': online with credentials, else offline; 'online' without them: offline."""
+    if mode in ('auto', 'online') and not has_credentials():
+        if mode == 'online':
+            logging.warning('wandb.mode=online but no W&B credentials: logging offline')
+        return 'offline'
+    return 'online' if mode == 'auto' else mode
