@@ -3,7 +3,18 @@
     python -m normlab.sweep --config=experiments/gradient_flow.py --workdir=runs/gradient_flow \\
         --parallel=2
 
-RESULT_PLACEHOLDER
+18 runs (3 norms x 3 depths x 2 seeds, 400 steps): 11.7 min here with
+``--parallel=2`` on the shared 2-core CPU under a load of ~10 (the 50-layer
+programs dominate). Measured (report.md; ratios are layer 2's gradient norm over
+the last hidden layer's, geometric mean over seeds): at depth 10 everything trains
+(5.5-7.6% test error) with balanced gradients. Without normalization the ratio is
+4.5e-4 at depth 30 and 3.9e-7 at depth 50 at initialization (vanishing) and the
+network stays at chance. BatchNorm makes the early layers' gradients *explode* at
+initialization, 2.4e2 at depth 30 and 1.2e4 at depth 50 (Yang et al. 2019's
+prediction), which training brings back to ~1; it trains at depth 30 (38.1 ± 3.0%)
+but not at 50 (80.6 ± 2.0%). LayerNorm starts balanced (1.1, 0.55) but its
+gradients vanish during training and it does not train at 30 or 50 layers. So
+normalization alone does not make a 50-layer plain network trainable here.
 
 Plain ReLU MLPs (no residual connections) of 10, 30 and 50 hidden layers of 100
 units on ``mnist5k``, with BatchNorm, LayerNorm or no normalization before each

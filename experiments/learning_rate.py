@@ -5,11 +5,11 @@
 
 On ``digits``: the 3x100 ReLU MLP at batch 32 (no learning-rate scaling), SGD with
 Nesterov momentum 0.9 and a cosine schedule, 10 epochs, learning rates 0.01 to 3,
-2 seeds: 60 short runs, 6.3 CPU-minutes with ``--parallel=2``. Measured: without
-normalization the error is good up to lr 0.1 and the runs die or diverge from 0.3;
-BatchNorm stays good up to lr 1 (10x), GroupNorm, LayerNorm and Batch Renorm up to
-0.3 (the BatchNorm paper's "higher learning rates" claim; scale-invariant weights
-make the effective step shrink as they grow).
+2 seeds: 60 short runs. The question is the BatchNorm paper's "higher learning
+rates" claim (scale-invariant weights make the effective step shrink as they
+grow). A rate counts as good for a norm only if every seed is good there, and a
+range "up to lr x" is known to the grid's resolution (about 3x per step): the
+limit lies between x and the next rate. RESULT_PLACEHOLDER
 A diverged run (non-finite loss) is a result here, shown as ``div.``.
 
 Arguments: ``seeds``, ``epochs``, ``smoke``.
