@@ -3,7 +3,15 @@
     python -m normlab.sweep --config=experiments/placement.py --workdir=runs/placement \\
         --parallel=2
 
-RESULT_PLACEHOLDER
+30 runs (10 points x 3 seeds): 3.6 min here with ``--parallel=2`` on the shared
+2-core CPU. Measured (report.md): with ReLU the placement does not matter beyond
+seed noise (BatchNorm 5.4 ± 0.5% before, 5.4 ± 0.4% after; LayerNorm 6.1 ± 0.4%
+and 6.5 ± 0.2%; no normalization 6.1 ± 0.8%); with sigmoid *after* is clearly
+better (BatchNorm 9.3 ± 0.3% before, 5.9 ± 0.2% after; LayerNorm 8.8 ± 0.4% and
+6.4 ± 0.7%; none 11.5 ± 1.0%). Convergence: with ReLU, BatchNorm reaches 90% test
+accuracy at step 67 ± 14 (before) against 125 ± 43 without normalization, about
+2x fewer steps; with sigmoid the unnormalized MLP never reaches 90% in 333 steps,
+BatchNorm after the activation does at step 75, before it at step 217 ± 29.
 
 Ioffe & Szegedy (2015) normalize the pre-activation ``Wu + b`` (``act(norm(x))``);
 many practitioners report that ``norm(act(x))`` works as well or better. Here the
