@@ -3,7 +3,15 @@
     python -m normlab.sweep --config=experiments/regularization.py \\
         --workdir=runs/regularization --parallel=2
 
-RESULT_PLACEHOLDER
+24 runs (4 variants x 2 weight decays x 3 seeds, 1,333 steps): 4.3 min here with
+``--parallel=2`` on the shared 2-core CPU. Measured (report.md): every variant fits
+the train split (0.0% error; 1.1-1.2% with ghost batches of 5), so the error gap
+is the test error: 5.02 ± 0.05 points without normalization, 4.63 ± 0.67 with
+BatchNorm (within seed noise; with weight decay 5.33 ± 0.47 and 4.97 ± 0.25). In
+the loss BatchNorm does narrow the gap beyond seed noise: test minus train loss
+0.337 ± 0.010 without it, 0.191 ± 0.010 with it (0.248 and 0.189 with weight
+decay). Smaller ghost batches shrink the loss gap further (0.178 at 15, 0.136 at
+5) but ghost batches of 5 raise the test error (5.7 ± 0.7%).
 
 Ioffe & Szegedy (2015, Sec. 3.4) say BatchNorm regularizes (each example's output
 depends on its batch-mates: noise, like dropout) and that it can replace dropout;
@@ -63,7 +71,7 @@ def findings(table) -> list[str]:
     variants = [(p['norm.name'], p.get(VB)) for p in table.points]
     variants = list(dict.fromkeys(variants))
     for wd in table.values(WD):
-        gaps = {}
+        gaps, loss_gaps_of = {}, {}
         for norm, vb in variants:
             where = {'norm.name': norm, VB: vb, WD: wd}
             if not table.has(**where):
@@ -73,6 +81,7 @@ def findings(table) -> list[str]:
             if not error_gaps:
                 continue
             gaps[(norm, vb)] = error_gaps
+            loss_gaps_of[(norm, vb)] = loss_gaps
             test = table.cell(m, **where)
             train = table.cell('eval_train/error', **where)
             out.append(
@@ -94,6 +103,23 @@ def findings(table) -> list[str]:
                     if _beyond_noise(plain, full)
                     else f'changes the gap by {change:+.1f} points, within seed noise (or one '
                     'seed): no regularization effect shown.'
+                )
+            )
+        plain_loss, full_loss = (
+            loss_gaps_of.get(('none', None)),
+            loss_gaps_of.get(('batch_norm', None)),
+        )
+        if plain_loss and full_loss:
+            mean = lambda v: sum(v) / len(v)  # noqa: E731
+            change = mean(plain_loss) - mean(full_loss)
+            out.append(
+                f'Weight decay {wd:g}: in test minus train loss BatchNorm '
+                + (
+                    f'{"narrows" if change > 0 else "widens"} the gap, from '
+                    f'{curves.spread(plain_loss, ".3f")} to {curves.spread(full_loss, ".3f")}, '
+                    'beyond seed noise.'
+                    if _beyond_noise(plain_loss, full_loss)
+                    else f'changes the gap by {-change:+.3f}, within seed noise (or one seed).'
                 )
             )
         ghosts = sorted((vb, g) for (n, vb), g in gaps.items() if n == 'batch_norm' and vb)
