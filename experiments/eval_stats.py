@@ -15,11 +15,12 @@ Every run evaluates three ways (``eval_modes='running,precise,batch'``):
 Together with ``train/error`` (training batches, batch statistics) this separates
 the two ways a small batch hurts BatchNorm: noisy statistics during training, and a
 mismatch between training-time and test-time normalization. The 3x100 ReLU MLP on
-``digits``, batch sizes 2 to 64, 10 epochs, 2 seeds (12 runs, 3.5 CPU-minutes with
-``--parallel=2``). Measured at batch 2: ~66% training error, ~51% test error with
-running averages, ~48% with precise statistics (within seed noise), ~70% with
-batch statistics; from batch 8 on all three agree within ~1 point, batch
-statistics excepted (3-6%). Arguments: ``seeds``, ``epochs``, ``smoke``.
+``digits``, batch sizes 2 to 64, 10 epochs, 2 seeds (12 runs). The findings
+compare precise statistics with the running averages at every batch size (beyond
+seed noise: 2 standard deviations) and say what precise BN can and cannot remove.
+(The numbers this docstring used to quote came from the previous training loop;
+the study's ``report.md`` gives the current ones.) Arguments: ``seeds``,
+``epochs``, ``smoke``.
 """
 
 from normlab.config import parse_arg
