@@ -12,6 +12,9 @@ Without normalization the 3-layer network trains only at 0.1 (38.3 ± 4.7%) and 
 everywhere (at scale 1 one seed of two trains). LayerNorm matches BatchNorm at
 depth 3 (5.9-11.1%) but at depth 10 fails at every scale at this learning rate
 (one seed of two trains at scale 1): its tolerance is not BatchNorm's here.
+Measured before main's d5aba98 changed the device-resident shuffle to integer
+hashing: a rerun sees the data in another order, so its numbers differ within
+seed noise.
 
 The claim (Ioffe & Szegedy 2015, Sec. 3.3: BatchNorm lets us "be less careful about
 initialization"): every kernel of a ReLU MLP starts as flax's LeCun normal times a
