@@ -10,8 +10,8 @@ the same MLP offline on the 5,000 real MNIST digits embedded in normlab
 
     python -m normlab.main --config=configs/mnist_mlp.py:dataset=mnist5k --workdir=runs/m5k
 
-Measured (seed 0, 660 steps, ~10 s wall on the 2-core CPU): 8.2% test error
-with BatchNorm, 7.7% with ``norm=none``. ``dataset=digits`` runs it on the 8x8 digits;
+Measured (seed 0, 660 steps, ~20 s wall on the shared 2-core CPU): 8.4% test
+error with BatchNorm, 7.8% with ``norm=none``. ``dataset=digits`` runs it on the 8x8 digits;
 ``act=relu`` swaps the paper's sigmoids for ReLUs.
 """
 
