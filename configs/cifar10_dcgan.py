@@ -13,7 +13,7 @@ Arguments as in ``configs/digits_dcgan.py``; ``d_norm=spectral,loss=hinge`` give
 SNGAN's discriminator and loss.
 """
 
-from normlab.config import gan_config, parse_arg, set_norms, shrink_for_smoke
+from normlab.config import gan_config, parse_arg, set_norms, shrink_gan_for_smoke
 
 
 def get_config(arg=None):
@@ -42,5 +42,5 @@ def get_config(arg=None):
     c.log_every_steps = 500
     c.checkpoint_every_steps = 5000
     if arg.smoke:
-        shrink_for_smoke(c)
+        shrink_gan_for_smoke(c)
     return c

@@ -8,15 +8,14 @@ About 30 s on a 2-core laptop CPU; BatchNorm reaches ~1-2% test error
 ``--config=configs/digits_cnn.py:norm=group_norm,batch_size=16``.
 """
 
-from normlab.config import classifier_config, parse_arg
+from normlab.config import classifier_config, parse_arg, set_model, shrink_classifier_for_smoke
 
 
 def get_config(arg=None):
     arg = parse_arg(arg, norm='batch_norm', batch_size=32, smoke=False)
     c = classifier_config()
     c.dataset = 'digits'
-    c.model = 'cnn'
-    c.model_options = {'widths': (32, 64, 128), 'pool': 'max'}
+    set_model(c, 'cnn', widths=(32, 64, 128), pool='max')
     c.norm.name = arg.norm
     c.norm.num_groups = 8
     c.batch_size = arg.batch_size
@@ -28,10 +27,6 @@ def get_config(arg=None):
     c.log_every_steps = 50
     c.checkpoint_every_steps = 200
     if arg.smoke:
+        shrink_classifier_for_smoke(c)
         c.model_options.widths = (8, 16)
-        c.num_epochs = 1.0
-        c.num_train_steps = 6
-        c.log_every_steps = 2
-        c.checkpoint_every_steps = 3
-        c.eval_batch_size = 120
     return c

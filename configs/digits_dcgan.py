@@ -18,7 +18,7 @@ Arguments: ``g_norm=<make_norm name>``, ``d_norm=<make_norm name or spectral>``
 tests), e.g. ``--config=configs/digits_dcgan.py:g_norm=layer_norm,d_norm=spectral``.
 """
 
-from normlab.config import gan_config, parse_arg, set_norms, shrink_for_smoke
+from normlab.config import gan_config, parse_arg, set_norms, shrink_gan_for_smoke
 
 
 def get_config(arg=None):
@@ -52,5 +52,5 @@ def get_config(arg=None):
     c.log_every_steps = 100
     c.checkpoint_every_steps = 1000
     if arg.smoke:
-        shrink_for_smoke(c)
+        shrink_gan_for_smoke(c)
     return c

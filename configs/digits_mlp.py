@@ -15,15 +15,14 @@ because it must divide the 100 hidden units; ``instance_norm`` is degenerate her
 (each scalar normalized by itself).
 """
 
-from normlab.config import classifier_config, parse_arg
+from normlab.config import classifier_config, parse_arg, set_model, shrink_classifier_for_smoke
 
 
 def get_config(arg=None):
     arg = parse_arg(arg, norm='batch_norm', batch_size=32, act='relu', smoke=False)
     c = classifier_config()
     c.dataset = 'digits'
-    c.model = 'mlp'
-    c.model_options = {'widths': (100, 100, 100), 'act': arg.act}
+    set_model(c, 'mlp', widths=(100, 100, 100), act=arg.act)
     c.norm.name = arg.norm
     c.norm.num_groups = 10
     c.batch_size = arg.batch_size
@@ -35,10 +34,6 @@ def get_config(arg=None):
     c.log_every_steps = 100
     c.checkpoint_every_steps = 1000
     if arg.smoke:
-        c.model_options.widths = (20, 20)  # divisible by num_groups
-        c.num_epochs = 1.0
-        c.num_train_steps = 6
-        c.log_every_steps = 2
-        c.checkpoint_every_steps = 3
-        c.eval_batch_size = 120
+        shrink_classifier_for_smoke(c)
+        c.model_options.widths = (20, 20)
     return c

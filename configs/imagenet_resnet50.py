@@ -8,15 +8,14 @@ lr 0.1 per 256 examples scaled linearly, 5 warmup epochs, cosine decay,
 zero-initialized last BN scale in each residual block, weight decay 1e-4.
 """
 
-from normlab.config import classifier_config, parse_arg
+from normlab.config import classifier_config, parse_arg, set_model, shrink_classifier_for_smoke
 
 
 def get_config(arg=None):
     arg = parse_arg(arg, norm='batch_norm', batch_size=1024, smoke=False)
     c = classifier_config()
     c.dataset = 'imagenet2012'
-    c.model = 'resnet50'
-    c.model_options = {'zero_init_last_norm': True}
+    set_model(c, 'resnet50', zero_init_last_norm=True)
     c.norm.name = arg.norm
     c.norm.num_groups = 32
     c.batch_size = arg.batch_size
@@ -32,12 +31,6 @@ def get_config(arg=None):
     c.checkpoint_every_steps = 2500
     c.log_every_steps = 100
     if arg.smoke:
-        c.model_options = {'width': 8, 'zero_init_last_norm': True}
-        c.norm.num_groups = 8
-        c.dtype = 'float32'
-        c.num_train_steps = 2
-        c.log_every_steps = 1
-        c.checkpoint_every_steps = 2
-        c.eval_every_steps = None
-        c.eval_batch_size = 8
+        shrink_classifier_for_smoke(c)
+        c.model_options.width = 8
     return c

@@ -12,15 +12,14 @@ Arguments: ``norm=<make_norm name>``, ``dataset=mnist1d|mnist1d/50k``,
 ``steps=<int>``, ``smoke=True`` (a few steps, for tests).
 """
 
-from normlab.config import classifier_config, parse_arg
+from normlab.config import classifier_config, parse_arg, set_model, shrink_classifier_for_smoke
 
 
 def get_config(arg=None):
     arg = parse_arg(arg, norm='none', dataset='mnist1d', steps=8000, smoke=False)
     c = classifier_config()
     c.dataset = arg.dataset
-    c.model = 'mlp'
-    c.model_options = {'widths': (256, 256), 'act': 'relu'}
+    set_model(c, 'mlp', widths=(256, 256), act='relu')
     c.norm.name = arg.norm
     c.norm.num_groups = 16  # divides 256
     c.batch_size = 100
@@ -36,9 +35,6 @@ def get_config(arg=None):
     c.log_every_steps = 100
     c.checkpoint_every_steps = 2000
     if arg.smoke:
-        c.num_train_steps = 6
-        c.eval_every_steps = None
-        c.log_every_steps = 2
-        c.checkpoint_every_steps = 3
-        c.eval_batch_size = 200
+        shrink_classifier_for_smoke(c)
+        c.model_options.widths = (16, 16)  # a multiple of the smoke num_groups
     return c

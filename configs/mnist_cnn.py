@@ -6,15 +6,14 @@ Needs MNIST prepared (`tfds build mnist`); about 10 min on a 2-core CPU for
 5 epochs, ~0.6% test error with BatchNorm.
 """
 
-from normlab.config import classifier_config, parse_arg
+from normlab.config import classifier_config, parse_arg, set_model, shrink_classifier_for_smoke
 
 
 def get_config(arg=None):
     arg = parse_arg(arg, norm='batch_norm', batch_size=128, smoke=False)
     c = classifier_config()
     c.dataset = 'mnist'
-    c.model = 'cnn'
-    c.model_options = {'widths': (32, 64, 128), 'pool': 'max'}
+    set_model(c, 'cnn', widths=(32, 64, 128), pool='max')
     c.norm.name = arg.norm
     c.batch_size = arg.batch_size
     c.num_epochs = 5.0
@@ -22,9 +21,6 @@ def get_config(arg=None):
     c.augment = False
     c.eval_batch_size = 1000
     if arg.smoke:
+        shrink_classifier_for_smoke(c)
         c.model_options.widths = (8, 16)
-        c.num_train_steps = 4
-        c.log_every_steps = 2
-        c.checkpoint_every_steps = 2
-        c.eval_batch_size = 100
     return c

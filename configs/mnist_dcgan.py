@@ -11,7 +11,7 @@ cached. Arguments as in ``configs/digits_dcgan.py``: ``g_norm``, ``d_norm`` (a n
 name or ``spectral``), ``loss``, ``conditional``, ``smoke``.
 """
 
-from normlab.config import gan_config, parse_arg, set_norms, shrink_for_smoke
+from normlab.config import gan_config, parse_arg, set_norms, shrink_gan_for_smoke
 
 
 def get_config(arg=None):
@@ -40,5 +40,5 @@ def get_config(arg=None):
     c.log_every_steps = 200
     c.checkpoint_every_steps = 2000
     if arg.smoke:
-        shrink_for_smoke(c)
+        shrink_gan_for_smoke(c)
     return c

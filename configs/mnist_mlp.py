@@ -15,9 +15,7 @@ error with BatchNorm, 7.8% with ``norm=none``. ``dataset=digits`` runs it on the
 ``act=relu`` swaps the paper's sigmoids for ReLUs.
 """
 
-from ml_collections import config_dict
-
-from normlab.config import classifier_config, parse_arg
+from normlab.config import classifier_config, parse_arg, set_model, shrink_classifier_for_smoke
 
 
 def get_config(arg=None):
@@ -26,15 +24,7 @@ def get_config(arg=None):
     )
     c = classifier_config()
     c.dataset = arg.dataset
-    c.model = 'mlp'
-    c.model_options = {
-        'widths': (100, 100, 100),
-        # None, or that many hidden layers of widths[0] (then widths=(100,)).
-        'depth': config_dict.placeholder(int),
-        'act': arg.act,
-        'norm_position': 'before_activation',
-        'kernel_init_scale': 1.0,
-    }
+    set_model(c, 'mlp', widths=(100, 100, 100), act=arg.act)
     c.norm.num_groups = 10  # divides 100
     c.norm.name = arg.norm
     c.batch_size = arg.batch_size
@@ -46,8 +36,5 @@ def get_config(arg=None):
     c.eval_batch_size = 1000 if arg.dataset != 'digits' else 360
     c.record_preactivations = True
     if arg.smoke:
-        c.num_train_steps = 6
-        c.log_every_steps = 2
-        c.checkpoint_every_steps = 3
-        c.eval_batch_size = 120
+        shrink_classifier_for_smoke(c)  # the paper's 3x100 MLP is small already
     return c

@@ -22,7 +22,7 @@ it normalizes each feature of each example by itself (everything becomes the bia
 Arguments (``experiments/batch_size.py:seeds=3,epochs=15``): ``dataset`` (digits,
 or cifar10 for ResNet-20 with every norm including InstanceNorm, and NF-ResNet-20
 as the normalizer-free baseline: a GPU study, base config
-``configs/cifar10_resnet20.py``), ``seeds``, ``epochs``, ``smoke`` (a seconds-long
+``configs/cifar10_resnet.py``), ``seeds``, ``epochs``, ``smoke`` (a seconds-long
 grid for tests).
 """
 
@@ -134,7 +134,7 @@ def get_study(arg=None):
         epochs = arg.epochs or 10.0
         derive = None
     elif arg.dataset == 'cifar10':
-        config = 'configs/cifar10_resnet20.py' + (':smoke=True' if arg.smoke else '')
+        config = 'configs/cifar10_resnet.py:depth=20' + (',smoke=True' if arg.smoke else '')
         norms = ['batch_norm', 'group_norm', 'layer_norm', 'instance_norm', 'batch_renorm', 'none']
         epochs = arg.epochs or 30.0
 

@@ -46,14 +46,16 @@ def main(argv):
         not local and not (_PROJECT.value and _GROUP.value)
     ):
         fail('give either --workdir=DIR or both --wandb_project=ENTITY/PROJECT and --wandb_group=G')
+    out_dir = _OUT.value
     try:
         if local:
-            out_dir = _OUT.value or _WORKDIR.value
+            out_dir = out_dir if out_dir is not None else _WORKDIR.value
             out, count = workflows.compare_local(
                 _WORKDIR.value, config=_CONFIG.value, out_dir=out_dir
             )
         else:
-            out_dir = _OUT.value or os.path.join('runs', f'compare_{_GROUP.value}')
+            if out_dir is None:
+                out_dir = os.path.join('runs', f'compare_{_GROUP.value}')
             out, count = workflows.compare_wandb(
                 _PROJECT.value, _GROUP.value, config=_CONFIG.value, out_dir=out_dir
             )

@@ -44,6 +44,10 @@ def main(argv):
         logging.flush()
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2 if isinstance(e, ConfigError) else 3)
+    except KeyboardInterrupt as e:  # loop.Interrupted says where; elsewhere nothing ran yet
+        logging.flush()
+        print(f'stopped: {e or "interrupted before training started"}', file=sys.stderr)
+        sys.exit(130)
 
 
 def one_line(error: BaseException) -> str:

@@ -24,13 +24,26 @@ def xla_flags(current: str) -> str:
     return current
 
 
+def hide_gpus_from_tf() -> None:
+    """Keeps TensorFlow off the GPUs: tf.data only feeds the input pipeline, and the
+    accelerators' memory belongs to JAX (as in flax's ImageNet example).
+
+    `setup` calls it, and so does `normlab.data.prepared_builder`, through which every
+    use of TF in normlab passes, for callers that never ran `setup`. A no-op once TF
+    has initialized its devices.
+    """
+    import tensorflow as tf  # imported on use: it is slow to import
+
+    try:
+        tf.config.set_visible_devices([], 'GPU')
+    except RuntimeError:  # TF already initialized its devices; nothing to hide then
+        pass
+
+
 def setup() -> None:
     """Call once at start-up, before compiling anything (XLA reads its flags then)."""
     os.environ['XLA_FLAGS'] = xla_flags(os.environ.get('XLA_FLAGS', ''))
-    # tf.data only feeds the input pipeline: the accelerators belong to JAX.
-    import tensorflow as tf
-
-    tf.config.set_visible_devices([], 'GPU')
+    hide_gpus_from_tf()
     # Re-running a config reuses compiled executables across processes.
     jax.config.update('jax_compilation_cache_dir', CACHE_DIR)
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)

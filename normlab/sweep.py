@@ -64,6 +64,13 @@ def main(argv):
         )
     except (StudyError, FlagError) as e:
         fail(str(e))
+    except KeyboardInterrupt:
+        print(
+            f'stopped: the sweep was interrupted; run the same command again to skip the '
+            f'finished runs and resume the others ({_WORKDIR.value})',
+            file=sys.stderr,
+        )
+        os._exit(130)  # worker threads and processes end with us, without tracebacks
     sys.exit(code)
 
 

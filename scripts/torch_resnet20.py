@@ -5,7 +5,7 @@ stem conv with 16 filters, three stages of three basic blocks (16, 32, 64 filter
 parameter-free zero-padded identity shortcuts ("option A", He et al. 2016), global
 average pooling and a linear head: 269,722 parameters. It trains with SGD + momentum
 in channels-last memory format, the fast layout of PyTorch's CPU (oneDNN) kernels, with
-the optimizer of ``configs/cifar10_resnet20.py``.
+the optimizer of ``configs/cifar10_resnet.py``.
 
     python -m scripts.torch_resnet20 --batch_size=128 --steps=20
 """
@@ -60,7 +60,7 @@ class ResNet20(nn.Module):
 
 
 def make_train_step(model: nn.Module, lr: float = 0.1, momentum: float = 0.9, wd: float = 1e-4):
-    # configs/cifar10_resnet20.py: SGD, momentum 0.9 (not Nesterov), weight decay 1e-4.
+    # configs/cifar10_resnet.py: SGD, momentum 0.9 (not Nesterov), weight decay 1e-4.
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=wd)
 
     def step(images, labels):

@@ -74,22 +74,24 @@ def test_resident_and_streaming_see_the_same_examples_each_epoch():
     batch = 4  # 1437 = 4 * 359 + 1: batches straddle the epoch boundary
     host_images = np.asarray(jax.device_get(split.images))[:n]
     steps = 2 * n // batch + 1
-    ids = np.concatenate(
-        [
-            np.asarray(
-                resident.train_rows(np.int32(7), np.int32(s), batch_size=batch, num_examples=n)
-            )
-            for s in range(steps)
-        ]
-    )
+
+    def rows_of(seed, step):
+        plan = resident.epoch_plan(seed, step, num_batches=1, batch_size=batch, num_examples=n)
+        return np.asarray(resident.train_rows(plan, step, batch_size=batch, num_examples=n))
+
+    ids = np.concatenate([rows_of(7, s) for s in range(steps)])
+    # One plan for a window of many batches gives the same rows.
+    plan = resident.epoch_plan(7, 300, num_batches=200, batch_size=batch, num_examples=n)
+    window = [resident.train_rows(plan, s, batch_size=batch, num_examples=n) for s in (300, 499)]
+    np.testing.assert_array_equal(np.asarray(window[0]), rows_of(7, 300))
+    np.testing.assert_array_equal(np.asarray(window[1]), rows_of(7, 499))
     epoch0, epoch1 = ids[:n], ids[n : 2 * n]
     assert sorted(epoch0) == list(range(n)) and sorted(epoch1) == list(range(n))
     assert (epoch0 != epoch1).any()  # a fresh permutation every epoch
     # The same seed gives the same order; another seed another.
-    again = resident.train_rows(np.int32(7), np.int32(3), batch_size=batch, num_examples=n)
-    other = resident.train_rows(np.int32(8), np.int32(3), batch_size=batch, num_examples=n)
-    np.testing.assert_array_equal(np.asarray(again), ids[3 * batch : 4 * batch])
-    assert (np.asarray(other) != np.asarray(again)).any()
+    again, other = rows_of(7, 3), rows_of(8, 3)
+    np.testing.assert_array_equal(again, ids[3 * batch : 4 * batch])
+    assert (other != again).any()
     # tf.data's epoch 0 holds the same examples (its own order).
     stream = data.train_iterator('digits', global_batch_size=1, seed=7, augment=False)
     streamed = np.stack([next(stream)['image'][0] for _ in range(n)])

@@ -63,7 +63,7 @@ def _spec(shape):
 def _forward(model, x, **call_kwargs):
     """init, a train forward (every state collection mutable) and an eval forward."""
     variables = model.init(jax.random.key(1), x, **call_kwargs)
-    mutable = [c for c in variables if c != 'params']  # batch_stats, norm_steps, ...
+    mutable = [c for c in variables if c != 'params']  # batch_stats, spectral_stats, ...
     out_train, state = model.apply(variables, x, train=True, mutable=mutable, **call_kwargs)
     out_eval = model.apply(variables, x, train=False, **call_kwargs)
     return variables, out_train, state, out_eval
@@ -129,7 +129,14 @@ def test_every_norm_runs(norm_name):
 
 @pytest.mark.parametrize(
     ('name', 'num_classes', 'expected'),
-    [('resnet18', 1000, 11_689_512), ('resnet50', 1000, 25_557_032), ('resnet20', 10, 269_722)],
+    [
+        ('resnet18', 1000, 11_689_512),
+        ('resnet34', 1000, 21_797_672),
+        ('resnet50', 1000, 25_557_032),
+        ('resnet101', 1000, 44_549_160),
+        ('resnet152', 1000, 60_192_808),
+        ('resnet20', 10, 269_722),
+    ],
 )
 def test_published_parameter_counts(name, num_classes, expected):
     model = models.create(name, num_classes=num_classes, norm=make_norm('batch_norm'))
@@ -147,6 +154,25 @@ def test_projection_shortcuts_add_parameters():
     assert count(shortcut='projection') - count() == 16 * 32 + 2 * 32 + 32 * 64 + 2 * 64
 
 
+def test_pre_activation_blocks_have_no_last_norm_to_zero():
+    model = _create('preact_resnet20', make_norm('batch_norm'), zero_init_last_norm=True)
+    with pytest.raises(ValueError, match='zero_init_last_norm must be False'):
+        jax.eval_shape(model.init, jax.random.key(0), _spec((1, 4, 4, 3)))
+
+
+def test_identity_shortcuts_on_bottleneck_blocks():
+    """Zero-padded shortcuts drop every projection: 1x1 convs and (v1) their norms."""
+
+    def count(name, **kwargs):
+        model = _create(name, make_norm('batch_norm'), width=2, stage_sizes=(1, 1), **kwargs)
+        return _num_params(jax.eval_shape(model.init, jax.random.key(0), _spec((1, 8, 8, 3))))
+
+    # Stage 1 projects 2 -> 8 channels, stage 2 8 -> 16 (bottleneck outputs are 4x wide).
+    convs = 2 * 8 + 8 * 16
+    assert count('resnet50') - count('resnet50', shortcut='identity') == convs + 2 * (8 + 16)
+    assert count('preact_resnet50') - count('preact_resnet50', shortcut='identity') == convs
+
+
 def test_registry():
     expected = {
         *(f'{p}resnet{d}' for p in ('', 'preact_', 'nf_') for d in (18, 34, 50, 101, 152)),
@@ -160,8 +186,27 @@ def test_registry():
         models.register('cnn', models.MODELS['cnn'])
     with pytest.raises(TypeError, match='make_norm'):
         models.create('cnn', num_classes=10, norm=None)
-    with pytest.raises(TypeError):  # a typo'd model option fails loudly
+    with pytest.raises(TypeError, match='takes no option widht; its options: widths'):
         models.create('cnn', num_classes=10, norm=make_norm('none'), widht=3)
+    assert 'norm_position' not in models.model_fields('nf_resnet20')
+    # None is "unset": the model's own default.
+    default = models.create('cnn', num_classes=10, norm=make_norm('none'), widths=None)
+    assert default.widths == models.MODELS['cnn'].widths
+
+
+@pytest.mark.parametrize(
+    ('name', 'num_classes', 'match'),
+    [
+        ('cnn', 0, 'positive int, got 0'),
+        ('resnet20', None, 'positive int, got None'),
+        ('mlp', True, 'positive int, got True'),
+        ('dcgan_generator', None, r'int >= 0 \(0: unconditional\), got None'),
+        ('dcgan_discriminator', -1, 'got -1'),
+    ],
+)
+def test_num_classes_is_a_count(name, num_classes, match):
+    with pytest.raises(ValueError, match=match):
+        models.create(name, num_classes=num_classes, norm=make_norm('none'))
 
 
 @pytest.mark.parametrize(
@@ -280,6 +325,14 @@ def test_conditional_gan_with_spectral_norm_composes():
     # and dense layer (2 + 1) is wrapped; only train mode updates the state.
     assert set(d_vars) == set(d_state) | {'params'} == {'params', 'spectral_stats'}
     assert calls == [True] * 3 + [True] * 3 + [False] * 3
+    # Spectral norm wraps layers without renaming their parameters.
+    plain = models.create(
+        'dcgan_discriminator', num_classes=3, norm=make_norm('layer_norm'), width=2
+    )
+    plain_vars = jax.eval_shape(
+        functools.partial(plain.init, labels=labels), jax.random.key(0), fake
+    )
+    assert jax.tree.structure(plain_vars['params']) == jax.tree.structure(d_vars['params'])
     with pytest.raises(ValueError, match='pass labels'):
         jax.eval_shape(functools.partial(generator.apply, train=False), g_vars, z)
     with pytest.raises(ValueError, match='unconditional'):

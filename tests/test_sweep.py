@@ -192,6 +192,34 @@ def test_bad_study_files_fail_with_one_clear_line(tmp_path):
     assert len(errors) == 1 and 'norm.nme' in errors[0] and 'norm.name' in errors[0], errors
 
 
+@pytest.mark.parametrize(
+    'grid_text, words',
+    [
+        (
+            TINY_GRID.replace("'none'", "'group_nrom'"),
+            ["'group_nrom'", "did you mean 'group_norm'"],
+        ),
+        (TINY_GRID.replace('[4, 8]', '[4, 0]'), ['batch_size=0']),
+        (
+            TINY_GRID.replace(
+                "grid.axis('batch_size', [4, 8])", "grid.axis('learning_rate', [0.1, float('inf')])"
+            ),
+            ['learning_rate=inf'],
+        ),
+    ],
+)
+def test_every_grid_point_is_checked_before_any_run_starts(tmp_path, grid_text, words):
+    from normlab.studies import workflows
+
+    study = write_study(str(tmp_path), grid_text, 'bad.py')
+    workdir = tmp_path / 'runs'
+    with pytest.raises(StudyError) as e:
+        workflows.run_sweep(study, str(workdir), log_wandb=False, echo=lambda *_: None)
+    for w in words:
+        assert w in str(e.value), str(e.value)
+    assert not workdir.exists() or not any(workdir.iterdir())  # nothing ran
+
+
 def test_grid_helpers_and_run_names():
     points = grid.product(
         grid.zipped({'norm.name': ['group_norm', 'layer_norm'], 'norm.num_groups': [10, 1]}),

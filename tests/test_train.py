@@ -119,7 +119,6 @@ def test_init_takes_any_seed_and_seeds_decide_the_weights():
 
 def test_cpu_fusion_off_reaches_the_compiled_step_and_changes_no_number(tmp_path):
     import numpy as np
-
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
@@ -142,14 +141,8 @@ def test_cpu_fusion_off_reaches_the_compiled_step_and_changes_no_number(tmp_path
     }
     step_fn = classifier_steps.train_step_fn(model, tx, lambda s: 0.1)
     for config, fused in ((c, False), (digits_config(), True)):
-        step = classifier_steps.make_train_call(
-            step_fn,
-            mesh,
-            steps_per_call=1,
-            split=None,
-            batch_size=n,
-            augment=False,
-            options=steps.compiler_options(config),
+        step = steps.make_train_call(
+            step_fn, mesh, steps_per_call=1, batch_fn=None, options=steps.compiler_options(config)
         )
         args = (state, batch, np.int32(0), np.int32(1))
         hlo = step.lower(*args).compile().as_text()
@@ -279,8 +272,24 @@ def test_workdir_that_is_a_file_or_disagrees_on_the_model(tmp_path):
     classifier.train_and_evaluate(digits_config(num_train_steps=2), str(tmp_path / 'run'))
     with pytest.raises(ConfigError, match='norm'):
         classifier.validate(digits_config(**{'norm.name': 'group_norm'}), str(tmp_path / 'run'))
-    # Changing what does not shape the model is a legitimate resume.
-    classifier.validate(digits_config(num_train_steps=4), str(tmp_path / 'run'))
+    # Anything that changes the trajectory is refused, naming the key and both values.
+    for key, value, words in [
+        ('num_train_steps', 4, 'num_train_steps: saved 2, now 4'),
+        ('learning_rate', 0.5, 'learning_rate: saved 0.05, now 0.5'),
+        ('optimizer', 'adam', "optimizer: saved 'sgd', now 'adam'"),
+        ('batch_size', 16, 'batch_size: saved 32, now 16'),
+        ('schedule', 'constant', "schedule: saved 'cosine', now 'constant'"),
+    ]:
+        with pytest.raises(ConfigError) as e:
+            classifier.validate(
+                digits_config(**{'num_train_steps': 2, key: value}), str(tmp_path / 'run')
+            )
+        assert words in str(e.value) and '\n' not in str(e.value), str(e.value)
+    # Logging cadence and W&B settings cannot change results: a legitimate resume.
+    classifier.validate(
+        digits_config(num_train_steps=2, log_every_steps=1, **{'wandb.project': 'other'}),
+        str(tmp_path / 'run'),
+    )
 
 
 def test_launcher_prints_one_line_and_exits_nonzero(tmp_path):

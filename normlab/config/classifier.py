@@ -11,6 +11,8 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from normlab.config.model_options import model_options
+
 
 def wandb_config() -> ml_collections.ConfigDict:
     """W&B settings: ``mode`` is 'auto' (online with credentials, else offline),
@@ -56,8 +58,8 @@ def classifier_config() -> ml_collections.ConfigDict:
     c.data_dir = config_dict.placeholder(str)  # None: $NORMLAB_DATA_DIR or ~/tensorflow_datasets
     c.augment = True
 
-    c.model = 'cnn'
-    c.model_options = ml_collections.ConfigDict()  # keyword arguments of models.create
+    c.model = 'cnn'  # leaf configs call set_model(c, name, **options) to change it
+    c.model_options = model_options(c.model)  # keyword arguments of models.create
     c.norm = norm_config()
     c.dtype = 'float32'  # compute dtype: float32 or bfloat16
 
@@ -122,3 +124,19 @@ def classifier_config() -> ml_collections.ConfigDict:
     c.study = config_dict.placeholder(str)
     c.wandb = wandb_config()
     return c
+
+
+def shrink_classifier_for_smoke(config: ml_collections.ConfigDict) -> None:
+    """A few steps, small evaluations, float32: for tests. The leaf config shrinks its
+    model (keeping every width a multiple of ``norm.num_groups``, 4 here).
+
+    The numbers mean nothing; every code path (training, checkpoints, evaluation,
+    files) still runs. The batch size stays the config argument's.
+    """
+    config.norm.num_groups = 4
+    config.dtype = 'float32'  # bfloat16 is emulated, and slow, on CPU
+    config.num_train_steps = 6
+    config.log_every_steps = 2
+    config.checkpoint_every_steps = 3
+    config.eval_every_steps = None
+    config.eval_batch_size = 120

@@ -141,7 +141,7 @@ def set_norms(config: ml_collections.ConfigDict, g_norm: str, d_norm: str) -> No
     config.discriminator.spectral_norm = spectral
 
 
-def shrink_for_smoke(config: ml_collections.ConfigDict) -> None:
+def shrink_gan_for_smoke(config: ml_collections.ConfigDict) -> None:
     """A few steps of tiny networks and a few-step feature classifier: for tests.
 
     The numbers mean nothing; every code path (both updates, checkpoints, evaluation,

@@ -16,17 +16,18 @@ The data directory defaults to `$NORMLAB_DATA_DIR`, else `~/tensorflow_datasets`
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 
 import tensorflow_datasets as tfds
+
+from normlab import runtime
 
 # Importing a builder module registers its dataset with TFDS.
 from normlab.data import digits as digits_lib
 from normlab.data import mnist1d as mnist1d_lib
 from normlab.data import mnist5k as mnist5k_lib
 from normlab.data.specs import get_spec
+from normlab.filelock import file_lock
 
 # Datasets built from data that ships with an installed package: no network needed.
 EMBEDDED = (digits_lib.Digits.name, mnist5k_lib.Mnist5k.name, mnist1d_lib.Mnist1d.name)
@@ -60,6 +61,7 @@ def prepared_builder(
       DatasetNotPreparedError: the dataset is missing and `download` is False.
     """
     get_spec(name)  # Fail on unknown names before TFDS does, listing ours.
+    runtime.hide_gpus_from_tf()
     data_dir = os.fspath(data_dir or default_data_dir())
     builder = tfds.builder(name, data_dir=data_dir)
     if builder.is_prepared():
@@ -90,27 +92,13 @@ def _prepare_embedded(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
     # loser of that race would fail. The lock serializes them; the later ones
     # then find the dataset prepared.
     lock = '.' + name.replace('/', '-') + '.prepare.lock'
-    with _file_lock(os.path.join(data_dir, lock)):
+    with file_lock(os.path.join(data_dir, lock)):
         builder = tfds.builder(name, data_dir=data_dir)
         if not builder.is_prepared():
             # try_download_gcs=False: TFDS would otherwise ask GCS for a prebuilt copy.
             config = tfds.download.DownloadConfig(try_download_gcs=False)
             builder.download_and_prepare(download_config=config)
     return builder
-
-
-@contextlib.contextmanager
-def _file_lock(path: str):
-    if '://' in path:  # Remote file systems (gs://...) have no flock; go unlocked.
-        yield
-        return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, 'a') as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _how_to_prepare(name: str, data_dir: str) -> str:

@@ -63,17 +63,6 @@ Batch = dict[str, np.ndarray]
 _INT64_MAX = np.iinfo(np.int64).max
 
 
-def _hide_gpus_from_tf() -> None:
-    # TF must not grab GPU memory that JAX needs (as in flax's ImageNet example).
-    try:
-        tf.config.set_visible_devices([], 'GPU')
-    except RuntimeError:  # TF already initialized its devices; nothing to hide then.
-        pass
-
-
-_hide_gpus_from_tf()
-
-
 def train_iterator(
     name: str,
     *,
@@ -118,7 +107,7 @@ def train_iterator(
     split = spec.train_split
     examples = _read_split(builder, spec, split, encoded=transform.encoded)
     num_examples = _num_examples(examples, builder, split)
-    if not num_examples:
+    if num_examples == 0:
         raise ValueError(f'{name}: the {split!r} split is empty')
     layout = _Layout(global_batch_size, local_batch_size, process_index)
     if spec.shuffle_buffer is None:
@@ -291,7 +280,7 @@ def _num_examples(ds: tf.data.Dataset, builder: tfds.core.DatasetBuilder, split:
 
 def _batch_element(image, example, spec: DatasetSpec, *, mask: float) -> dict[str, tf.Tensor]:
     element = {'image': image, 'mask': tf.constant(mask, tf.float32)}
-    if spec.num_classes:
+    if spec.num_classes > 0:  # 0: an unlabelled dataset (celeb_a)
         element['label'] = tf.cast(example['label'], tf.int32)
     return element
 

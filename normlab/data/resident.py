@@ -179,16 +179,25 @@ def _epoch_permutation(seed, epoch, n: int) -> jax.Array:
     return jnp.argsort(keys, stable=True).astype(jnp.int32)
 
 
-def train_rows(seed, step, *, batch_size: int, num_examples: int) -> jax.Array:
-    """Example ids of the global batch at `step` (int32 ``[batch_size]``)."""
-    first = jnp.asarray(step, jnp.int32) * batch_size
-    index = first + jnp.arange(batch_size, dtype=jnp.int32)
-    epoch0 = first // num_examples
-    # batch_size <= num_examples, so a batch spans at most two epochs.
-    perm0 = _epoch_permutation(seed, epoch0, num_examples)
-    perm1 = _epoch_permutation(seed, epoch0 + 1, num_examples)
-    position = index % num_examples
-    return jnp.where(index // num_examples == epoch0, perm0[position], perm1[position])
+def epoch_plan(seed, first_batch, *, num_batches: int, batch_size: int, num_examples: int):
+    """The permutations of every epoch that batches ``[first_batch, first_batch +
+    num_batches)`` touch, computed once per call (not per step): a dict for
+    `train_rows`. ``num_batches`` is static; `first_batch` and `seed` may be traced."""
+    first_epoch = jnp.asarray(first_batch, jnp.int32) * batch_size // num_examples
+    count = -(-num_batches * batch_size // num_examples) + 1  # epochs a window can span
+    epochs = first_epoch + jnp.arange(count, dtype=jnp.int32)
+    perms = jax.vmap(lambda e: _epoch_permutation(seed, e, num_examples))(epochs)
+    return {'first_epoch': first_epoch, 'perms': perms}
+
+
+def train_rows(plan: dict, batch_index, *, batch_size: int, num_examples: int) -> jax.Array:
+    """Example ids of global training batch `batch_index` (int32 ``[batch_size]``);
+    `plan` (`epoch_plan`) must cover it."""
+    index = jnp.asarray(batch_index, jnp.int32) * batch_size + jnp.arange(
+        batch_size, dtype=jnp.int32
+    )
+    epoch = index // num_examples - plan['first_epoch']
+    return plan['perms'][epoch, index % num_examples]
 
 
 def _normalize(pixels: jax.Array, spec: DatasetSpec) -> jax.Array:
@@ -214,18 +223,22 @@ def _cifar_augment(pixels: jax.Array, key: jax.Array) -> jax.Array:
     return jnp.where(jax.random.bernoulli(k_flip), crop[:, ::-1], crop)
 
 
-def train_batch(arrays: dict, seed, step, *, split: Split, batch_size: int, augment: bool) -> dict:
-    """This device's slice of the training batch at `step`, preprocessed.
+def train_batch(
+    arrays: dict, plan: dict, seed, batch_index, *, split: Split, batch_size: int, augment: bool
+) -> dict:
+    """This device's slice of global training batch `batch_index`, preprocessed.
 
-    Call inside `shard_map` over the data axis. Returns ``{'image', 'label', 'mask'}``
-    like `normlab.data.pipeline.train_iterator`'s batches.
+    Call inside `shard_map` over the data axis, with an `epoch_plan` that covers the
+    batch. Returns ``{'image', 'label', 'mask'}`` like
+    `normlab.data.pipeline.train_iterator`'s batches.
     """
-    rows = train_rows(seed, step, batch_size=batch_size, num_examples=split.num_examples)
+    rows = train_rows(plan, batch_index, batch_size=batch_size, num_examples=split.num_examples)
     batch = _gather(arrays, rows)
     images = batch['image']
     if augment and split.spec.transform == 'cifar':
         local = images.shape[0]
-        first = jnp.asarray(step, jnp.int32) * batch_size + lax.axis_index(DATA_AXIS) * local
+        first = jnp.asarray(batch_index, jnp.int32) * batch_size
+        first = first + lax.axis_index(DATA_AXIS) * local
         index = first + jnp.arange(local, dtype=jnp.int32)
         base = jax.random.fold_in(jax.random.key(seed), _AUGMENT)
         keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(index)

@@ -2,7 +2,8 @@
 
 ``mode='auto'`` logs online when credentials are present and offline
 otherwise (sync later with ``wandb sync DIR/wandb/offline-run-*``); an online
-start that fails (no network) falls back to offline. Only process 0 logs.
+start that fails (no network) falls back to offline (`resolve_mode`, `start_run`,
+shared with a study's summary run). Only process 0 logs.
 The run id is stored in the work directory so a resumed run continues the
 same W&B run.
 """
@@ -20,7 +21,8 @@ import ml_collections
 from absl import logging
 from flax import traverse_util
 
-# W&B's own wait for its service and an online start; it runs off the training thread.
+# How long `wandb.init` may wait for W&B before failing over to offline logging (W&B's
+# own default is 90 s): a run without network starts training after at most this.
 INIT_TIMEOUT_S = 30
 # The most a finished run waits for W&B to write its queued calls.
 FINISH_TIMEOUT_S = 120
@@ -42,15 +44,58 @@ def has_credentials() -> bool:
 
 
 def run_tags(config) -> list[str]:
-    tags = [
-        f'norm:{config.norm.name}',
-        f'batch:{config.batch_size}',
-        f'model:{config.model}',
-        f'dataset:{config.dataset}',
-    ]
-    if config.study:
+    """A run's W&B tags, for either trainer: what its study varies (the norms, the
+    model or loss), its dataset and batch size, its study, then ``config.wandb.tags``."""
+    if config.trainer == 'gan':
+        d = config.discriminator
+        varied = [
+            'gan',
+            f'g_norm:{config.generator.norm.name}',
+            f'd_norm:{d.norm.name}' + ('+spectral' if d.spectral_norm else ''),
+            f'loss:{config.loss}',
+        ]
+    else:
+        varied = [f'norm:{config.norm.name}', f'model:{config.model}']
+    tags = [*varied, f'dataset:{config.dataset}', f'batch:{config.batch_size}']
+    if config.study is not None:
         tags.append(f'study:{config.study}')
     return tags + list(config.wandb.tags)
+
+
+def resolve_mode(mode: str) -> str:
+    """``config.wandb.mode`` as W&B takes it: 'auto' is online with credentials and
+    offline without; 'online' without credentials is offline too (with a warning)."""
+    if mode not in ('auto', 'online'):
+        return mode
+    if has_credentials():
+        return 'online'
+    if mode == 'online':
+        logging.warning('wandb.mode=online but no W&B credentials: logging offline')
+    return 'offline'
+
+
+def start_run(mode: str, run_id: str, **init_kwargs):
+    """``(run, mode)`` of ``wandb.init`` that never stops the caller: ``(None, 'disabled')``
+    if every attempt fails.
+
+    Fallbacks, in order: offline if online fails (no network); a new run id if the
+    old one is still held (a killed process's W&B service, or the failed online
+    start); no W&B at all rather than no training.
+    """
+    import wandb  # imported lazily: it is slow to import
+
+    settings = wandb.Settings(console='off', init_timeout=INIT_TIMEOUT_S, silent=True)
+    attempts = [(mode, run_id)]
+    if mode == 'online':  # under a new id: the failed online start may still hold the old one
+        attempts.append(('offline', secrets.token_hex(4)))
+    attempts.append(('offline', secrets.token_hex(4)))
+    for mode, run_id in attempts:
+        try:
+            return wandb.init(mode=mode, id=run_id, settings=settings, **init_kwargs), mode
+        except Exception as e:  # noqa: BLE001 - a W&B failure must not stop the caller
+            logging.warning('W&B %s start failed (%s)', mode, str(e).splitlines()[-1:])
+    logging.warning('W&B disabled; the files are still written')
+    return None, 'disabled'
 
 
 class WandbRun:
@@ -63,72 +108,54 @@ class WandbRun:
     drain so the run's W&B files are complete.
     """
 
-    def __init__(self, config, workdir: str, *, tags: list[str] | None = None):
+    def __init__(self, config, workdir: str):
         self.run = None
-        self.mode = 'disabled'
+        self._queue: queue.Queue | None = None
         if jax.process_index() != 0 or config.wandb.mode == 'disabled':
-            self._queue = None
+            self.mode = 'disabled'
             return
-        self.mode = _resolve_mode(config.wandb.mode)
-        self._queue: queue.Queue = queue.Queue()
+        self.mode = resolve_mode(config.wandb.mode)
+        self._queue = queue.Queue()
         self._thread = threading.Thread(
-            target=self._serve, args=(config, workdir, tags), name='wandb', daemon=True
+            target=self._serve, args=(config, workdir), name='wandb', daemon=True
         )
         self._thread.start()
 
-    def _serve(self, config, workdir, tags) -> None:
-        self._start(config, workdir, tags)
-        while True:
-            call = self._queue.get()
-            if call is None:
-                return
+    def _serve(self, config, workdir) -> None:
+        self._start(config, workdir)
+        while (call := self._queue.get()) is not None:
             if self.run is not None:
                 try:
                     call(self.run)
                 except Exception as e:  # noqa: BLE001 - a W&B failure must not stop training
                     logging.warning('W&B call failed (%s)', str(e).splitlines()[-1:])
 
-    def _start(self, config, workdir, tags) -> None:
-        import wandb  # imported lazily: it is slow to import
-
+    def _start(self, config, workdir) -> None:
         id_path = os.path.join(workdir, 'wandb_run_id')
         if os.path.exists(id_path):
             with open(id_path) as f:
                 run_id = f.read().strip()
         else:  # `wandb agent` names the run it expects in WANDB_RUN_ID
             run_id = os.environ.get('WANDB_RUN_ID') or secrets.token_hex(4)
-        kwargs = dict(
+        self.run, self.mode = start_run(
+            self.mode,
+            run_id,
             project=config.wandb.project,
             entity=config.wandb.entity,
-            group=config.wandb.group or config.study,
-            name=config.wandb.name or os.path.basename(os.path.abspath(workdir)),
-            tags=tags if tags is not None else run_tags(config),
+            group=config.wandb.group if config.wandb.group is not None else config.study,
+            name=(
+                config.wandb.name
+                if config.wandb.name is not None
+                else os.path.basename(os.path.abspath(workdir))
+            ),
+            tags=run_tags(config),
             config=flat_config(config),
             dir=workdir,
             resume='allow',
-            settings=wandb.Settings(console='off', init_timeout=INIT_TIMEOUT_S, silent=True),
         )
-        # Fallbacks, in order: offline if online fails (no network), under a new id
-        # (the failed online start may still hold the old one); a new run id if the
-        # old one is still held (a killed process's W&B service); no W&B at all
-        # rather than no training.
-        attempts = [(self.mode, run_id)]
-        if self.mode == 'online':
-            run_id = secrets.token_hex(4)
-            attempts.append(('offline', run_id))
-        attempts.append(('offline', secrets.token_hex(4)))
-        for mode, run_id in attempts:
-            try:
-                self.run = wandb.init(mode=mode, **{**kwargs, 'id': run_id})
-                break
-            except Exception as e:  # noqa: BLE001 - a W&B failure must not stop training
-                logging.warning('W&B %s start failed (%s)', mode, str(e).splitlines()[-1:])
-        if self.run is None:
-            logging.warning('W&B disabled for this run; its files are still written')
-            return
-        self.mode = mode
-        with open(id_path, 'w') as f:
-            f.write(run_id)
+        if self.run is not None:
+            with open(id_path, 'w') as f:
+                f.write(self.run.id)
 
     def _put(self, call) -> None:
         if self._queue is not None:
@@ -159,13 +186,3 @@ class WandbRun:
                 'W&B did not finish within %.0f s; its files may be incomplete', finish_timeout
             )
         self._queue = None
-        self.run = None
-
-
-def _resolve_mode(mode: str) -> str:
-    """'auto': online with credentials, else offline; 'online' without them: offline."""
-    if mode in ('auto', 'online') and not has_credentials():
-        if mode == 'online':
-            logging.warning('wandb.mode=online but no W&B credentials: logging offline')
-        return 'offline'
-    return 'online' if mode == 'auto' else mode

@@ -10,7 +10,7 @@ trains itself (`normlab.train.gan.feature_classifier`), so its numbers are *not*
 Inception FID and are comparable only between runs that share that classifier.
 """
 
-from normlab.metrics.coverage import label_entropy, label_histogram
+from normlab.metrics.coverage import label_entropy
 from normlab.metrics.frechet import FeatureMoments, frechet_distance
 
-__all__ = ['FeatureMoments', 'frechet_distance', 'label_entropy', 'label_histogram']
+__all__ = ['FeatureMoments', 'frechet_distance', 'label_entropy']

@@ -19,11 +19,6 @@ from __future__ import annotations
 import numpy as np
 
 
-def label_histogram(labels: np.ndarray, num_labels: int) -> np.ndarray:
-    """Counts of each label in ``0..num_labels-1``."""
-    return np.bincount(np.asarray(labels).ravel(), minlength=num_labels)[:num_labels]
-
-
 def label_entropy(histogram: np.ndarray) -> float:
     """Entropy in nats of the distribution given by a histogram of counts."""
     counts = np.asarray(histogram, np.float64)

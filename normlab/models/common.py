@@ -1,16 +1,18 @@
-"""Small pieces every model family shares: activations, where the norm sits, input checks.
+"""Small pieces every model family shares: activations, where the norm sits, input checks,
+the ResNet stems, stage layout and pooled head.
 
 Nothing here builds a normalization layer: models receive a ``norm`` factory (a
 ``ModuleDef`` made by ``normlab.norms.make_norm``) and only decide *where* to call it.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-ModuleDef = Any
+from normlab.norms import ModuleDef
+
 Array = Any
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
@@ -25,6 +27,9 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 }
 
 NORM_POSITIONS = ('before_activation', 'after_activation')
+STEMS = ('imagenet', 'cifar')
+PAD1 = ((1, 1), (1, 1))  # a 3x3 conv or pool keeps its input's side (at stride 1)
+PAD3 = ((3, 3), (3, 3))
 
 
 def get_activation(act: str | Callable[[Array], Array]) -> Callable[[Array], Array]:
@@ -94,3 +99,53 @@ def check_images(x: Array, *, model: str, min_size: int) -> None:
 def as_logits(x: Array) -> Array:
     """Logits leave every model in float32, whatever the compute dtype."""
     return jnp.asarray(x, jnp.float32)
+
+
+def check_stem(stem: str) -> None:
+    if stem not in STEMS:
+        raise ValueError(f'stem must be one of {STEMS}, got {stem!r}')
+
+
+def stem_stride(stem: str) -> int:
+    """How much a ResNet stem downsamples: 4 for ImageNet's, 1 for CIFAR's."""
+    check_stem(stem)
+    return 4 if stem == 'imagenet' else 1
+
+
+def resnet_stem(
+    x: Array,
+    *,
+    stem: str,
+    conv: ModuleDef,
+    width: int,
+    after_conv: Callable[[Array], Array] = lambda h: h,
+) -> Array:
+    """A ResNet's stem, its submodules named as the caller's.
+
+    ``'imagenet'`` is He et al.'s 7x7/2 conv and 3x3/2 max pool, padded as in
+    torchvision (total stride 4); ``'cifar'`` their Section 4.2 3x3 conv (stride 1).
+    ``after_conv`` runs between the conv and the pool: a post-activation ResNet's
+    norm-act; pre-activation and normalizer-free ResNets have none there.
+    """
+    check_stem(stem)
+    if stem == 'imagenet':
+        x = after_conv(conv(width, (7, 7), (2, 2), padding=PAD3, name='conv_init')(x))
+        return nn.max_pool(x, (3, 3), strides=(2, 2), padding=PAD1)
+    return after_conv(conv(width, (3, 3), padding=PAD1, name='conv_init')(x))
+
+
+def residual_blocks(stage_sizes: Sequence[int], width: int) -> Iterator[tuple[int, int, str]]:
+    """``(filters, strides, name)`` of each block of a ResNet, in order.
+
+    Stage ``i`` (0-based) has ``width * 2**i`` filters and every stage but the first
+    starts with a stride-2 block; blocks are named ``stage{i+1}_block{j+1}``.
+    """
+    for i, num_blocks in enumerate(stage_sizes):
+        for j in range(num_blocks):
+            yield width * 2**i, 2 if i > 0 and j == 0 else 1, f'stage{i + 1}_block{j + 1}'
+
+
+def pooled_head(x: Array, num_classes: int, *, dtype: Any, **dense_kwargs) -> Array:
+    """Global average pooling and a linear classifier named ``head``: float32 logits."""
+    x = jnp.mean(x, axis=(1, 2))
+    return as_logits(nn.Dense(num_classes, dtype=dtype, name='head', **dense_kwargs)(x))

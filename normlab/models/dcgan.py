@@ -15,7 +15,7 @@ factory, so e.g. a study can put batch norm in the generator and layer norm in t
 discriminator. 4x4 kernels with stride 2 avoid the checkerboard artifacts of 5x5 ones
 (Odena et al. 2016).
 
-Conditioning (``num_classes > 0``; ``0`` or ``None`` means unconditional):
+Conditioning (``num_classes > 0``; ``0`` means unconditional):
 
 * The generator uses *conditional normalization* (Dumoulin et al. 2017, de Vries et
   al. 2017; the class-conditional batch norm of Miyato & Koyama 2018): the norm
@@ -47,13 +47,12 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from normlab.models.common import (
-    ModuleDef,
     as_logits,
     check_norm_position,
     get_activation,
     norm_act,
 )
-from normlab.norms import SpectralNorm
+from normlab.norms import ModuleDef, SpectralNorm
 
 
 def stage_plan(image_size: int) -> tuple[int, int]:
@@ -68,10 +67,10 @@ def stage_plan(image_size: int) -> tuple[int, int]:
     return start, n
 
 
-def _check_labels(model: str, num_classes: int | None, labels, batch: int) -> None:
-    if num_classes and labels is None:
+def _check_labels(model: str, num_classes: int, labels, batch: int) -> None:
+    if num_classes > 0 and labels is None:
         raise ValueError(f'{model} is conditional (num_classes={num_classes}): pass labels')
-    if not num_classes and labels is not None:
+    if num_classes == 0 and labels is not None:
         raise ValueError(f'{model} is unconditional (num_classes={num_classes}): got labels')
     if labels is not None and tuple(labels.shape) != (batch,):
         raise ValueError(
@@ -107,7 +106,7 @@ class Generator(nn.Module):
     in ``[-1, 1]``, float32.
 
     Attributes:
-      num_classes: classes to condition on; ``0`` or ``None``: unconditional.
+      num_classes: classes to condition on; ``0``: unconditional.
       norm: normalization factory from ``normlab.norms.make_norm``.
       image_size: output side (8, 28, 32, 64, or any even size >= 8).
       out_channels: output channels (1 for MNIST, 3 for CIFAR / CelebA).
@@ -121,7 +120,7 @@ class Generator(nn.Module):
     Called as ``generator.apply(variables, z, labels=labels, train=...)``.
     """
 
-    num_classes: int | None
+    num_classes: int
     norm: ModuleDef
     image_size: int = 32
     out_channels: int = 3
@@ -145,7 +144,7 @@ class Generator(nn.Module):
         norm = functools.partial(self.norm, use_running_average=not train, dtype=self.dtype)
 
         def normalize(name):
-            if self.num_classes:
+            if self.num_classes > 0:
                 layer = ClassConditionalNorm(norm, self.num_classes, name=name)
                 return lambda h: layer(h, labels)
             return norm(name=name)
@@ -182,7 +181,7 @@ class Discriminator(nn.Module):
     """DCGAN discriminator: ``images (N, S, S, C) -> logits (N,)`` in float32 (real vs fake).
 
     Attributes:
-      num_classes: classes of the projection term; ``0`` or ``None``: unconditional.
+      num_classes: classes of the projection term; ``0``: unconditional.
       norm: normalization factory; not applied to the first layer.
       width: channels of the first layer; each later stage doubles them.
       spectral_norm: wrap every conv and dense layer in ``normlab.norms.SpectralNorm``.
@@ -195,7 +194,7 @@ class Discriminator(nn.Module):
     generator's. Called as ``discriminator.apply(variables, images, labels=labels, train=...)``.
     """
 
-    num_classes: int | None
+    num_classes: int
     norm: ModuleDef
     width: int = 64
     spectral_norm: bool = False
@@ -220,9 +219,10 @@ class Discriminator(nn.Module):
         norm = functools.partial(self.norm, use_running_average=not train, dtype=self.dtype)
 
         def layer(make, name):
-            # With spectral norm the wrapper takes the layer's name and holds the layer.
+            # The layer keeps its name (and its params' paths) with or without spectral
+            # norm; the wrapper beside it holds the power-iteration state.
             if self.spectral_norm:
-                wrapped = SpectralNorm(make(name=None), name=name)
+                wrapped = SpectralNorm(make(name=name), name=f'{name}_spectral_norm')
                 return lambda h: wrapped(h, update_stats=train)
             return make(name=name)
 
@@ -245,7 +245,7 @@ class Discriminator(nn.Module):
         features = x.reshape(x.shape[0], -1)
         head = layer(functools.partial(nn.Dense, 1, dtype=self.dtype), 'head')
         logits = head(features)[:, 0]
-        if self.num_classes:
+        if self.num_classes > 0:
             embed = nn.Embed(self.num_classes, features.shape[-1], dtype=self.dtype, name='embed')
             logits = logits + jnp.sum(embed(labels) * features, axis=-1)
         return as_logits(logits)

@@ -37,8 +37,17 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from normlab.models.common import ACTIVATIONS, ModuleDef, as_logits, check_images
-from normlab.norms import NORMS, WeightStandardizedConv
+from normlab.models.common import (
+    ACTIVATIONS,
+    PAD1,
+    check_images,
+    check_stem,
+    pooled_head,
+    residual_blocks,
+    resnet_stem,
+    stem_stride,
+)
+from normlab.norms import NORMS, ModuleDef, WeightStandardizedConv
 
 # gamma = 1 / std(act(z)) for z ~ N(0, 1), from the official code (nfnets/base.py);
 # tests/test_models.py recomputes them by quadrature.
@@ -47,10 +56,6 @@ ACTIVATION_GAINS = {
     'gelu': 1.7015043497085571,
     'silu': 1.7881293296813965,
 }
-
-STEMS = ('imagenet', 'cifar')
-_PAD1 = ((1, 1), (1, 1))
-_PAD3 = ((3, 3), (3, 3))
 
 
 def _is_no_norm(norm: ModuleDef | None) -> bool:
@@ -86,11 +91,11 @@ class NFBlock(nn.Module):
             shortcut = self.conv(out_features, (1, 1), strides, name='proj_conv')(preact)
         if self.bottleneck:
             y = self.conv(self.filters, (1, 1), name='conv1')(preact)
-            y = self.conv(self.filters, (3, 3), strides, padding=_PAD1, name='conv2')(self.act(y))
+            y = self.conv(self.filters, (3, 3), strides, padding=PAD1, name='conv2')(self.act(y))
             y = self.conv(out_features, (1, 1), name='conv3')(self.act(y))
         else:
-            y = self.conv(self.filters, (3, 3), strides, padding=_PAD1, name='conv1')(preact)
-            y = self.conv(self.filters, (3, 3), padding=_PAD1, name='conv2')(self.act(y))
+            y = self.conv(self.filters, (3, 3), strides, padding=PAD1, name='conv1')(preact)
+            y = self.conv(self.filters, (3, 3), padding=PAD1, name='conv2')(self.act(y))
         skip_gain = self.param('skip_gain', nn.initializers.zeros_init(), ())
         return shortcut + self.alpha * skip_gain.astype(y.dtype) * y
 
@@ -132,53 +137,42 @@ class NFResNet(nn.Module):
                 f"{type(self).__name__} is normalizer-free: pass norm=make_norm('none') or "
                 f'None, got {self.norm!r}'
             )
-        if self.stem not in STEMS:
-            raise ValueError(f'stem must be one of {STEMS}, got {self.stem!r}')
+        check_stem(self.stem)
         if self.act not in ACTIVATION_GAINS:
             raise ValueError(
                 f'act must be one of {tuple(ACTIVATION_GAINS)} (each has its own gain), '
                 f'got {self.act!r}'
             )
-        stem_stride = 4 if self.stem == 'imagenet' else 1
-        check_images(
-            x, model=type(self).__name__, min_size=stem_stride * 2 ** (len(self.stage_sizes) - 1)
-        )
+        min_size = stem_stride(self.stem) * 2 ** (len(self.stage_sizes) - 1)
+        check_images(x, model=type(self).__name__, min_size=min_size)
         base_act, gamma = ACTIVATIONS[self.act], ACTIVATION_GAINS[self.act]
         act = lambda h: base_act(h) * gamma
         conv = functools.partial(self.conv, dtype=self.dtype)
 
-        if self.stem == 'imagenet':
-            x = conv(self.width, (7, 7), (2, 2), padding=_PAD3, use_bias=False, name='conv_init')(x)
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_PAD1)
-        else:
-            x = conv(self.width, (3, 3), padding=_PAD1, use_bias=False, name='conv_init')(x)
+        stem_conv = functools.partial(conv, use_bias=False)
+        x = resnet_stem(x, stem=self.stem, conv=stem_conv, width=self.width)
 
         expected_std = 1.0
-        for i, num_blocks in enumerate(self.stage_sizes):
-            for j in range(num_blocks):
-                x = NFBlock(
-                    self.width * 2**i,
-                    conv=conv,
-                    act=act,
-                    alpha=self.alpha,
-                    beta=1.0 / expected_std,
-                    bottleneck=self.bottleneck,
-                    strides=2 if i > 0 and j == 0 else 1,
-                    name=f'stage{i + 1}_block{j + 1}',
-                )(x)
-                # A transition block's output is its shortcut (a conv of a unit-variance
-                # input) plus one branch: the variance restarts at 1 before growing.
-                if j == 0:
-                    expected_std = 1.0
-                expected_std = (expected_std**2 + self.alpha**2) ** 0.5
-        x = jnp.mean(act(x), axis=(1, 2))
-        x = nn.Dense(
-            self.num_classes,
-            kernel_init=nn.initializers.normal(0.01),
-            dtype=self.dtype,
-            name='head',
-        )(x)
-        return as_logits(x)
+        for filters, strides, name in residual_blocks(self.stage_sizes, self.width):
+            x = NFBlock(
+                filters,
+                conv=conv,
+                act=act,
+                alpha=self.alpha,
+                beta=1.0 / expected_std,
+                bottleneck=self.bottleneck,
+                strides=strides,
+                name=name,
+            )(x)
+            # A transition block's output is its shortcut (a conv of a unit-variance
+            # input) plus one branch: the variance restarts at 1 before growing. (The
+            # first block's input is the stem's output, of unit variance already.)
+            if strides > 1:
+                expected_std = 1.0
+            expected_std = (expected_std**2 + self.alpha**2) ** 0.5
+        return pooled_head(
+            act(x), self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.normal(0.01)
+        )
 
 
 _cifar = functools.partial(NFResNet, stem='cifar', width=16)

@@ -1,4 +1,4 @@
-"""ImageNet ResNets: v1.5 (post-activation) and v2 (pre-activation), any normalization.
+"""ResNets: one ``ResNet`` for v1.5 (post-activation) and v2 (pre-activation), any norm.
 
 v1 is He et al., "Deep Residual Learning for Image Recognition" (CVPR 2016); "v1.5"
 puts the stride-2 of a bottleneck block on its 3x3 conv instead of its first 1x1 conv
@@ -25,9 +25,12 @@ Norms that carry their own activation (``frn``'s TLU, ``evonorm_*``) are still f
 by the model's activation, so every norm is a drop-in at the same sites; ``act='identity'``
 removes the model's activations everywhere (including after each residual addition).
 
-Geometry follows torchvision: 7x7/2 stem conv padded by 3, 3x3/2 max pool padded by 1,
-3x3 convs padded by 1. The total stride is 32, so inputs must be at least 32x32; any
-larger size (square or not) works.
+The ImageNet variants registered here (``resnet18`` ... ``resnet152`` and their
+``preact_`` twins) follow torchvision's geometry: 7x7/2 stem conv padded by 3, 3x3/2 max
+pool padded by 1, 3x3 convs padded by 1. The total stride is 32, so inputs must be at
+least 32x32; any larger size (square or not) works. The CIFAR variants
+(``normlab.models.cifar_resnet``) are the same class with a 3x3 stem and identity
+shortcuts.
 """
 
 import functools
@@ -38,17 +41,17 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from normlab.models.common import (
-    ModuleDef,
-    as_logits,
+    PAD1,
     check_images,
     check_norm_position,
     get_activation,
     norm_act,
+    pooled_head,
+    residual_blocks,
+    resnet_stem,
+    stem_stride,
 )
-
-_PAD1 = ((1, 1), (1, 1))
-_PAD3 = ((3, 3), (3, 3))
-
+from normlab.norms import ModuleDef
 
 SHORTCUTS = ('projection', 'identity')
 
@@ -66,6 +69,25 @@ def zero_pad_shortcut(x, filters: int, strides: int):
     return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, filters - x.shape[-1])))
 
 
+def _shortcut(block: nn.Module, x, y, *, project: Any, norm: ModuleDef | None):
+    """The skip path of ``block``, whose residual branch maps ``x`` to ``y``.
+
+    ``x`` itself while the shape is kept; on a stride or width change either
+    ``zero_pad_shortcut(x)`` (``block.shortcut == 'identity'``) or a strided 1x1 conv of
+    ``project`` followed by ``norm`` (``'projection'``, "option B"; v2 blocks project
+    their pre-activated input and pass ``norm=None``).
+    """
+    check_shortcut(block.shortcut)
+    if x.shape == y.shape:
+        return x
+    features = y.shape[-1]
+    if block.shortcut == 'identity':
+        return zero_pad_shortcut(x, features, block.strides)
+    strides = (block.strides, block.strides)
+    shortcut = block.conv(features, (1, 1), strides, name='proj_conv')(project)
+    return shortcut if norm is None else norm(name='proj_norm')(shortcut)
+
+
 def _last_norm(norm: ModuleDef, zero_init: bool, name: str) -> nn.Module:
     # Zero-initialized scale makes each residual block start as the identity
     # (Goyal et al. 2017, "Accurate, Large Minibatch SGD"), as in flax's example.
@@ -74,7 +96,19 @@ def _last_norm(norm: ModuleDef, zero_init: bool, name: str) -> nn.Module:
     return norm(name=name)
 
 
-class BasicBlock(nn.Module):
+class _Block(nn.Module):
+    """What every residual block takes; ``ResNet`` passes the same fields to each."""
+
+    filters: int
+    conv: ModuleDef
+    norm: ModuleDef
+    act: Callable
+    strides: int = 1
+    norm_position: str = 'before_activation'
+    shortcut: str = 'projection'
+
+
+class BasicBlock(_Block):
     """Two 3x3 convs, post-activation: ``act(shortcut(x) + norm(conv(act(norm(conv(x))))))``.
 
     With ``norm_position='after_activation'`` the inner unit becomes conv-act-norm; the
@@ -84,42 +118,21 @@ class BasicBlock(nn.Module):
     (``'identity'``: ``zero_pad_shortcut``, "option A", the CIFAR models' default).
     """
 
-    filters: int
-    conv: ModuleDef
-    norm: ModuleDef
-    act: Callable
-    strides: int = 1
-    norm_position: str = 'before_activation'
     zero_init_last_norm: bool = True
-    shortcut: str = 'projection'
 
     @nn.compact
     def __call__(self, x):
-        check_shortcut(self.shortcut)
         strides = (self.strides, self.strides)
-        y = self.conv(self.filters, (3, 3), strides, padding=_PAD1, name='conv1')(x)
+        y = self.conv(self.filters, (3, 3), strides, padding=PAD1, name='conv1')(x)
         y = norm_act(y, self.norm(name='norm1'), self.act, self.norm_position)
-        y = self.conv(self.filters, (3, 3), padding=_PAD1, name='conv2')(y)
+        y = self.conv(self.filters, (3, 3), padding=PAD1, name='conv2')(y)
         y = _last_norm(self.norm, self.zero_init_last_norm, 'norm2')(y)
-        shortcut = x
-        if x.shape != y.shape:
-            if self.shortcut == 'identity':
-                shortcut = zero_pad_shortcut(x, self.filters, self.strides)
-            else:
-                shortcut = self.conv(self.filters, (1, 1), strides, name='proj_conv')(x)
-                shortcut = self.norm(name='proj_norm')(shortcut)
-        return self.act(shortcut + y)
+        return self.act(_shortcut(self, x, y, project=x, norm=self.norm) + y)
 
 
-class BottleneckBlock(nn.Module):
+class BottleneckBlock(_Block):
     """1x1 reduce, 3x3 (carrying the stride: v1.5), 1x1 expand to ``4 * filters``."""
 
-    filters: int
-    conv: ModuleDef
-    norm: ModuleDef
-    act: Callable
-    strides: int = 1
-    norm_position: str = 'before_activation'
     zero_init_last_norm: bool = True
 
     @nn.compact
@@ -127,58 +140,32 @@ class BottleneckBlock(nn.Module):
         strides = (self.strides, self.strides)
         y = self.conv(self.filters, (1, 1), name='conv1')(x)
         y = norm_act(y, self.norm(name='norm1'), self.act, self.norm_position)
-        y = self.conv(self.filters, (3, 3), strides, padding=_PAD1, name='conv2')(y)
+        y = self.conv(self.filters, (3, 3), strides, padding=PAD1, name='conv2')(y)
         y = norm_act(y, self.norm(name='norm2'), self.act, self.norm_position)
         y = self.conv(self.filters * 4, (1, 1), name='conv3')(y)
         y = _last_norm(self.norm, self.zero_init_last_norm, 'norm3')(y)
-        shortcut = x
-        if x.shape != y.shape:
-            shortcut = self.conv(self.filters * 4, (1, 1), strides, name='proj_conv')(x)
-            shortcut = self.norm(name='proj_norm')(shortcut)
-        return self.act(shortcut + y)
+        return self.act(_shortcut(self, x, y, project=x, norm=self.norm) + y)
 
 
-class PreActBasicBlock(nn.Module):
+class PreActBasicBlock(_Block):
     """v2 basic block: ``shortcut + conv(a(conv(a(x))))`` with ``a = norm-act`` (pre-activation).
 
     A projection shortcut reads the pre-activated input, an identity one the raw input
     (He et al. 2016b, and the common reference implementations).
     """
 
-    filters: int
-    conv: ModuleDef
-    norm: ModuleDef
-    act: Callable
-    strides: int = 1
-    norm_position: str = 'before_activation'
-    shortcut: str = 'projection'
-
     @nn.compact
     def __call__(self, x):
-        check_shortcut(self.shortcut)
         strides = (self.strides, self.strides)
         preact = norm_act(x, self.norm(name='norm1'), self.act, self.norm_position)
-        y = self.conv(self.filters, (3, 3), strides, padding=_PAD1, name='conv1')(preact)
+        y = self.conv(self.filters, (3, 3), strides, padding=PAD1, name='conv1')(preact)
         y = norm_act(y, self.norm(name='norm2'), self.act, self.norm_position)
-        y = self.conv(self.filters, (3, 3), padding=_PAD1, name='conv2')(y)
-        shortcut = x
-        if x.shape != y.shape:
-            if self.shortcut == 'identity':
-                shortcut = zero_pad_shortcut(x, self.filters, self.strides)
-            else:
-                shortcut = self.conv(self.filters, (1, 1), strides, name='proj_conv')(preact)
-        return shortcut + y
+        y = self.conv(self.filters, (3, 3), padding=PAD1, name='conv2')(y)
+        return _shortcut(self, x, y, project=preact, norm=None) + y
 
 
-class PreActBottleneckBlock(nn.Module):
+class PreActBottleneckBlock(_Block):
     """v2 bottleneck block; the stride sits on the 3x3 conv, as in v1.5."""
-
-    filters: int
-    conv: ModuleDef
-    norm: ModuleDef
-    act: Callable
-    strides: int = 1
-    norm_position: str = 'before_activation'
 
     @nn.compact
     def __call__(self, x):
@@ -186,39 +173,56 @@ class PreActBottleneckBlock(nn.Module):
         preact = norm_act(x, self.norm(name='norm1'), self.act, self.norm_position)
         y = self.conv(self.filters, (1, 1), name='conv1')(preact)
         y = norm_act(y, self.norm(name='norm2'), self.act, self.norm_position)
-        y = self.conv(self.filters, (3, 3), strides, padding=_PAD1, name='conv2')(y)
+        y = self.conv(self.filters, (3, 3), strides, padding=PAD1, name='conv2')(y)
         y = norm_act(y, self.norm(name='norm3'), self.act, self.norm_position)
         y = self.conv(self.filters * 4, (1, 1), name='conv3')(y)
-        shortcut = x
-        if x.shape != y.shape:
-            shortcut = self.conv(self.filters * 4, (1, 1), strides, name='proj_conv')(preact)
-        return shortcut + y
+        return _shortcut(self, x, y, project=preact, norm=None) + y
+
+
+# (bottleneck, preact) -> block.
+BLOCKS = {
+    (False, False): BasicBlock,
+    (True, False): BottleneckBlock,
+    (False, True): PreActBasicBlock,
+    (True, True): PreActBottleneckBlock,
+}
 
 
 class ResNet(nn.Module):
-    """ImageNet ResNet v1.5 (flax ``examples/imagenet`` layout, torchvision geometry).
+    """A ResNet (flax ``examples/imagenet`` layout): stem, stages of residual blocks,
+    global average pooling, a linear head.
 
     Attributes:
-      stage_sizes: blocks per stage, e.g. ``(2, 2, 2, 2)`` for resnet18. Stage ``i`` has
-        ``width * 2**i`` filters (times 4 at a bottleneck's output); every stage but the
-        first starts with a stride-2 block.
-      block_cls: ``BasicBlock`` or ``BottleneckBlock``.
+      stage_sizes: blocks per stage, e.g. ``(2, 2, 2, 2)`` for resnet18, ``(3, 3, 3)`` for
+        resnet20. Stage ``i`` has ``width * 2**i`` filters (times 4 at a bottleneck's
+        output); every stage but the first starts with a stride-2 block.
       num_classes: size of the logits.
       norm: normalization factory from ``normlab.norms.make_norm``; the model binds
         ``use_running_average=not train`` and ``dtype`` on it.
-      width: filters of the stem and the first stage (64 in the paper).
+      stem: ``'imagenet'`` (7x7/2 conv + 3x3/2 max pool) or ``'cifar'`` (3x3 conv).
+      bottleneck: bottleneck blocks (1x1, 3x3, 1x1) instead of basic ones (3x3, 3x3).
+      preact: pre-activation (v2) blocks: no norm-act after the stem conv, one final
+        norm-act before the pooling.
+      shortcut: on a stride or width change, ``'projection'`` (1x1 conv, plus a norm in
+        v1) or ``'identity'`` (zero-padded, no parameters).
+      width: filters of the stem and the first stage (64 in the ImageNet paper, 16 in
+        its CIFAR section).
       conv: convolution class, e.g. ``nn.Conv`` or ``normlab.norms.WeightStandardizedConv``
         (Qiao et al. 2019 pair it with group norm). Convs have no bias: a norm follows.
       act: activation, by name or as a function.
       norm_position: ``'before_activation'`` (paper) or ``'after_activation'``.
-      zero_init_last_norm: zero-initialize the scale of each block's last norm.
+      zero_init_last_norm: zero-initialize the scale of each block's last norm (v1 only:
+        a v2 block ends with a conv, so ``preact=True`` needs it False).
       dtype: compute dtype; logits are returned in float32.
     """
 
     stage_sizes: Sequence[int]
-    block_cls: ModuleDef
     num_classes: int
     norm: ModuleDef
+    stem: str = 'imagenet'
+    bottleneck: bool = False
+    preact: bool = False
+    shortcut: str = 'projection'
     width: int = 64
     conv: ModuleDef = nn.Conv
     act: str | Callable = 'relu'
@@ -229,93 +233,58 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = True):
         check_norm_position(self.norm_position)
-        check_images(x, model=type(self).__name__, min_size=4 * 2 ** (len(self.stage_sizes) - 1))
+        check_shortcut(self.shortcut)
+        if self.preact and self.zero_init_last_norm:
+            raise ValueError(
+                'a pre-activation block ends with a conv, not a norm: zero_init_last_norm must '
+                'be False with preact=True'
+            )
+        min_size = stem_stride(self.stem) * 2 ** (len(self.stage_sizes) - 1)
+        check_images(x, model=type(self).__name__, min_size=min_size)
         act = get_activation(self.act)
         conv = functools.partial(self.conv, use_bias=False, dtype=self.dtype)
         norm = functools.partial(self.norm, use_running_average=not train, dtype=self.dtype)
 
-        x = conv(self.width, (7, 7), (2, 2), padding=_PAD3, name='conv_init')(x)
-        x = norm_act(x, norm(name='norm_init'), act, self.norm_position)
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_PAD1)
-        for i, num_blocks in enumerate(self.stage_sizes):
-            for j in range(num_blocks):
-                x = self.block_cls(
-                    self.width * 2**i,
-                    conv=conv,
-                    norm=norm,
-                    act=act,
-                    strides=2 if i > 0 and j == 0 else 1,
-                    norm_position=self.norm_position,
-                    zero_init_last_norm=self.zero_init_last_norm,
-                    name=f'stage{i + 1}_block{j + 1}',
-                )(x)
-        x = jnp.mean(x, axis=(1, 2))
-        x = nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x)
-        return as_logits(x)
+        def stem_norm_act(h):
+            return norm_act(h, norm(name='norm_init'), act, self.norm_position)
+
+        after_conv = (lambda h: h) if self.preact else stem_norm_act
+        x = resnet_stem(x, stem=self.stem, conv=conv, width=self.width, after_conv=after_conv)
+        block_cls = BLOCKS[self.bottleneck, self.preact]
+        last_norm = {} if self.preact else {'zero_init_last_norm': self.zero_init_last_norm}
+        for filters, strides, name in residual_blocks(self.stage_sizes, self.width):
+            x = block_cls(
+                filters,
+                conv=conv,
+                norm=norm,
+                act=act,
+                strides=strides,
+                norm_position=self.norm_position,
+                shortcut=self.shortcut,
+                name=name,
+                **last_norm,
+            )(x)
+        if self.preact:
+            x = norm_act(x, norm(name='norm_final'), act, self.norm_position)
+        return pooled_head(x, self.num_classes, dtype=self.dtype)
 
 
-class PreActResNet(nn.Module):
-    """ImageNet pre-activation ResNet (v2). Same attributes as ``ResNet`` minus
-    ``zero_init_last_norm``: a v2 block ends with a conv, not a norm."""
+# Pre-activation ResNets (v2) are ResNets with pre-activation blocks.
+PreActResNet = functools.partial(ResNet, preact=True, zero_init_last_norm=False)
 
-    stage_sizes: Sequence[int]
-    block_cls: ModuleDef
-    num_classes: int
-    norm: ModuleDef
-    width: int = 64
-    conv: ModuleDef = nn.Conv
-    act: str | Callable = 'relu'
-    norm_position: str = 'before_activation'
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, train: bool = True):
-        check_norm_position(self.norm_position)
-        check_images(x, model=type(self).__name__, min_size=4 * 2 ** (len(self.stage_sizes) - 1))
-        act = get_activation(self.act)
-        conv = functools.partial(self.conv, use_bias=False, dtype=self.dtype)
-        norm = functools.partial(self.norm, use_running_average=not train, dtype=self.dtype)
-
-        x = conv(self.width, (7, 7), (2, 2), padding=_PAD3, name='conv_init')(x)
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_PAD1)
-        for i, num_blocks in enumerate(self.stage_sizes):
-            for j in range(num_blocks):
-                x = self.block_cls(
-                    self.width * 2**i,
-                    conv=conv,
-                    norm=norm,
-                    act=act,
-                    strides=2 if i > 0 and j == 0 else 1,
-                    norm_position=self.norm_position,
-                    name=f'stage{i + 1}_block{j + 1}',
-                )(x)
-        x = norm_act(x, norm(name='norm_final'), act, self.norm_position)
-        x = jnp.mean(x, axis=(1, 2))
-        x = nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x)
-        return as_logits(x)
-
-
-# Variants are partials of the two classes (flax examples' convention); the registry in
-# normlab.models maps names to them.
-VARIANTS = {
-    'resnet18': functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock),
-    'resnet34': functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BasicBlock),
-    'resnet50': functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BottleneckBlock),
-    'resnet101': functools.partial(ResNet, stage_sizes=(3, 4, 23, 3), block_cls=BottleneckBlock),
-    'resnet152': functools.partial(ResNet, stage_sizes=(3, 8, 36, 3), block_cls=BottleneckBlock),
-    'preact_resnet18': functools.partial(
-        PreActResNet, stage_sizes=(2, 2, 2, 2), block_cls=PreActBasicBlock
-    ),
-    'preact_resnet34': functools.partial(
-        PreActResNet, stage_sizes=(3, 4, 6, 3), block_cls=PreActBasicBlock
-    ),
-    'preact_resnet50': functools.partial(
-        PreActResNet, stage_sizes=(3, 4, 6, 3), block_cls=PreActBottleneckBlock
-    ),
-    'preact_resnet101': functools.partial(
-        PreActResNet, stage_sizes=(3, 4, 23, 3), block_cls=PreActBottleneckBlock
-    ),
-    'preact_resnet152': functools.partial(
-        PreActResNet, stage_sizes=(3, 8, 36, 3), block_cls=PreActBottleneckBlock
-    ),
+# Variants are partials (flax examples' convention); the registry in normlab.models maps
+# names to them. depth -> (stage_sizes, bottleneck).
+_DEPTHS = {
+    18: ((2, 2, 2, 2), False),
+    34: ((3, 4, 6, 3), False),
+    50: ((3, 4, 6, 3), True),
+    101: ((3, 4, 23, 3), True),
+    152: ((3, 8, 36, 3), True),
 }
+VARIANTS = {}
+for _depth, (_sizes, _bottleneck) in _DEPTHS.items():
+    for _prefix, _cls in (('', ResNet), ('preact_', PreActResNet)):
+        VARIANTS[f'{_prefix}resnet{_depth}'] = functools.partial(
+            _cls, stage_sizes=_sizes, bottleneck=_bottleneck
+        )
+del _depth, _sizes, _bottleneck, _prefix, _cls

@@ -30,14 +30,15 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from normlab.models.common import (
-    ModuleDef,
     as_logits,
     check_images,
     check_norm_position,
     get_activation,
     norm_act,
+    pooled_head,
     scaled_lecun_normal,
 )
+from normlab.norms import ModuleDef
 
 POOLS = ('max', 'avg', 'none')
 
@@ -167,9 +168,7 @@ class CNN(nn.Module):
                 name = f'stage{i + 1}_{j + 1}'
                 x = conv(width, kernel, padding='SAME', name=f'conv{name}')(x)
                 x = norm_act(x, norm(name=f'norm{name}'), act, self.norm_position)
-        x = jnp.mean(x, axis=(1, 2))
-        x = nn.Dense(self.num_classes, kernel_init=kernel_init, dtype=self.dtype, name='head')(x)
-        return as_logits(x)
+        return pooled_head(x, self.num_classes, dtype=self.dtype, kernel_init=kernel_init)
 
 
 VARIANTS = {'cnn': CNN, 'mlp': MLP}

@@ -9,7 +9,7 @@ Weight norms wrap layers: `WeightStandardizedConv`, `SpectralNorm`,
 """
 
 from normlab.norms.batch_norm import BATCH_MOMENTS, BatchNorm
-from normlab.norms.batch_renorm import STEPS_COLLECTION, BatchRenorm
+from normlab.norms.batch_renorm import BatchRenorm
 from normlab.norms.functional import momentum_from_pytorch
 from normlab.norms.identity import NoNorm
 from normlab.norms.per_example import GroupNorm, InstanceNorm, LayerNorm, RMSNorm
@@ -28,7 +28,6 @@ __all__ = [
     'BATCH_MOMENTS',
     'NORMS',
     'SPECTRAL_STATS',
-    'STEPS_COLLECTION',
     'BatchNorm',
     'BatchRenorm',
     'EvoNormB0',

@@ -23,7 +23,13 @@ Which examples share statistics is set by ``virtual_batch_size`` (``k``) and
 
 Cross-device statistics reduce sums and example counts, so a `mask` that
 leaves devices with different numbers of real examples still yields the
-statistics of the pooled real examples.
+statistics of the pooled real examples. Masked positions may hold anything
+(NaN, inf): they reach no statistic, no output at a real position and no
+gradient; their own outputs are finite and meaningless. A batch (or ghost
+batch) without one real example leaves the running statistics unchanged.
+
+Complex inputs (``dtype=jnp.complex64``) follow flax: a complex mean, the
+real variance ``E|x - E[x]|^2``.
 
 Example::
 
@@ -142,7 +148,8 @@ class BatchNorm(nn.Module):
           x: the input; features on ``self.axis``, examples on axis 0.
           use_running_average: overrides the field of the same name.
           mask: optional boolean array broadcastable to `x`: which positions
-            count towards the statistics (e.g. padded eval examples).
+            count towards the statistics (e.g. padded eval examples); the
+            others may hold anything (module docstring).
         """
         use_running_average = nn.merge_param(
             'use_running_average', self.use_running_average, use_running_average
@@ -162,7 +169,14 @@ class BatchNorm(nn.Module):
             mean = ra_mean.value.reshape(bshape)
             var = ra_var.value.reshape(bshape)
             return F.normalize(
-                x, mean, var, epsilon=self.epsilon, scale=scale, bias=bias, dtype=out_dtype
+                x,
+                mean,
+                var,
+                epsilon=self.epsilon,
+                scale=scale,
+                bias=bias,
+                dtype=out_dtype,
+                mask=mask,
             )
 
         running = (ra_mean.value.reshape(bshape), ra_var.value.reshape(bshape))
@@ -175,12 +189,16 @@ class BatchNorm(nn.Module):
             self.sow(BATCH_MOMENTS, 'mean', mean)
             self.sow(BATCH_MOMENTS, 'var', var)
             if self.update_stats:
-                ra_mean.value = F.ema(ra_mean.value, mean, self.momentum)
-                ra_var.value = F.ema(ra_var.value, var, self.momentum)
+                new_mean = F.ema(ra_mean.value, mean, self.momentum)
+                new_var = F.ema(ra_var.value, var, self.momentum)
+                if mask is not None:  # a batch of padding says nothing about the data
+                    new_mean = jnp.where(count > 0, new_mean, ra_mean.value)
+                    new_var = jnp.where(count > 0, new_var, ra_var.value)
+                ra_mean.value, ra_var.value = new_mean, new_var
         return y
 
     def _batch_moments(self, x, mask, reduction_axes):
-        """Statistics of the current batch as (x_grouped, Moments, ghost_groups)."""
+        """Statistics of the current batch as (x_grouped, mask_grouped, Moments, ghost_groups)."""
         name = type(self).__name__
         if reduction_axes and reduction_axes[0] != 0 and self.virtual_batch_size is not None:
             raise ValueError(f'{name}(virtual_batch_size=...) needs examples on axis 0')
@@ -207,7 +225,7 @@ class BatchNorm(nn.Module):
             group_size=layout.group_size,
             axis_index_groups=self.axis_index_groups if layout.axis_name else None,
         )
-        return x, m, g
+        return x, mask, m, g
 
     def _declare_state(self) -> None:
         """Subclasses declare further state here, in every mode (init included)."""
@@ -220,18 +238,22 @@ class BatchNorm(nn.Module):
     def _normalize_with_batch_stats(
         self, x, mask, reduction_axes, feature_shape, scale, bias, out_dtype, running
     ):
-        xg, m, g = self._batch_moments(x, mask, reduction_axes)
+        xg, mask, m, g = self._batch_moments(x, mask, reduction_axes)
         if g > 1:  # per-feature arrays gain the ghost-group axis
             scale, bias, *running = (
                 None if a is None else a[None] for a in (scale, bias, *running)
             )
         scale, bias = self._batch_affine(m, running, scale, bias)
-        y = F.normalize(xg, m.mean, m.var, epsilon=self.epsilon, scale=scale, bias=bias)
+        y = F.normalize(xg, m.mean, m.var, epsilon=self.epsilon, scale=scale, bias=bias, mask=mask)
         y = y.reshape(x.shape).astype(out_dtype)
-        # Running statistics average the ghost groups' statistics.
         mean, var, count = m.mean, m.var, jnp.broadcast_to(m.count, m.mean.shape)
         if g > 1:
-            mean, var, count = (jnp.mean(a, axis=0) for a in (mean, var, count))
+            # Running statistics average the ghost groups' statistics, weighted by
+            # their real examples (equal weights without a mask).
+            total = jnp.sum(count, axis=0, keepdims=True)
+            w = count / jnp.maximum(total, 1.0)
+            mean, var = (jnp.sum(a * w, axis=0) for a in (mean, var))
+            count = total[0] / g
         return (
             y,
             mean.reshape(feature_shape),

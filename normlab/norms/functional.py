@@ -1,7 +1,7 @@
 """The pure functional core every normalization layer is built from.
 
 Plain `jnp`/`lax` functions, no module calls: the layers in this package only
-choose axes and own variables, then call these. Three ideas set them apart from
+choose axes and own variables, then call these. Five ideas set them apart from
 `flax.linen.normalization`:
 
 * **Accurate single-pass variance.** ``E[x^2] - E[x]^2`` collapses in float32
@@ -22,6 +22,13 @@ choose axes and own variables, then call these. Three ideas set them apart from
 * **Device groups inside `shard_map`.** `shard_map` has no
   ``axis_index_groups``; a group-wise sum is one `psum` of a
   ``(num_groups, ...)`` buffer where each device writes only its group's slot.
+* **Masked positions may hold anything.** Padding is often garbage (NaN, inf);
+  :func:`fill_masked` replaces it with zeros (`jnp.where`: multiplying by a 0
+  mask keeps NaN) before any sum, so it reaches no statistic, no output at a
+  real position and no gradient. Without a mask no `where` is emitted.
+
+Complex inputs follow flax: the mean is complex and the variance is the real
+``E|x - E[x]|^2``.
 """
 
 from __future__ import annotations
@@ -44,7 +51,8 @@ class Moments(NamedTuple):
       var: the biased (population) variance over the reduced axes, or the mean
         square when the mean is not used (RMSNorm).
       count: how many (unmasked) elements each statistic pooled, summed over
-        devices; used for the unbiased variance correction.
+        devices (0 for a statistic that saw none: its mean and variance are 0);
+        used for the unbiased variance correction and to skip empty batches.
     """
 
     mean: jax.Array
@@ -74,6 +82,31 @@ def stats_dtype(x_dtype, dtype=None, force_float32: bool = True):
     """The dtype statistics are computed in: at least float32 unless told otherwise."""
     dtype = x_dtype if dtype is None else dtype
     return jnp.promote_types(dtype, jnp.float32) if force_float32 else jnp.dtype(dtype)
+
+
+def fill_masked(x: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """`x` with zeros where `mask` (broadcastable to `x`) is False; `x` itself without a mask.
+
+    A `jnp.where`, not a product with the mask: ``nan * 0`` is NaN. Its derivative
+    is zero at masked positions, so they get no gradient either.
+    """
+    if mask is None:
+        return x
+    return jnp.where(jnp.broadcast_to(mask, x.shape), x, jnp.zeros((), x.dtype))
+
+
+def abs_square(v: jax.Array) -> jax.Array:
+    """``|v|^2``, real for complex `v` (flax's convention for the variance)."""
+    if jnp.iscomplexobj(v):
+        return lax.square(lax.real(v)) + lax.square(lax.imag(v))
+    return lax.square(v)
+
+
+def _real_dot(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``Re(conj(a) * b)``: the derivative of ``|a|^2 / 2`` along `b` (``a * b`` if real)."""
+    if jnp.iscomplexobj(a) or jnp.iscomplexobj(b):
+        return lax.real(a) * lax.real(b) + lax.imag(a) * lax.imag(b)
+    return a * b
 
 
 def axis_size(axis_name: str) -> int:
@@ -136,7 +169,8 @@ def moments(
       axes: non-negative axes to reduce.
       dtype: the dtype of the reduction (float32 for half-precision inputs).
       mask: optional boolean array broadcastable to `x`; only True elements
-        count towards the statistics.
+        count towards the statistics. Masked elements may hold anything (NaN,
+        inf): they are replaced by zeros before any sum (`fill_masked`).
       use_mean: False gives the mean square instead of the variance (RMSNorm).
       single_pass: True reduces shifted sums and squares in one fused pass and
         one collective; False subtracts the exact mean first (two passes, two
@@ -155,7 +189,7 @@ def moments(
     Returns:
       `Moments` whose arrays have `x`'s rank with size-1 reduced axes.
     """
-    x = x.astype(dtype)
+    x = fill_masked(x.astype(dtype), mask)
     if feature_groups is not None and (
         not isinstance(feature_groups, int)
         or feature_groups <= 0
@@ -167,13 +201,15 @@ def moments(
             f'whose size ({x.shape[-1]}) it divides'
         )
 
+    # Counts and variances are real for complex inputs too.
+    real_dtype = jnp.finfo(dtype).dtype
     if mask is not None:
-        weights = jnp.broadcast_to(mask, x.shape).astype(dtype)
+        weights = jnp.broadcast_to(mask, x.shape).astype(real_dtype)
         count = _reduce(weights, axes, feature_groups)
     else:
         weights = None
         per_feature = x.shape[-1] // feature_groups if feature_groups else 1
-        count = jnp.asarray(_static_count(x.shape, axes) * per_feature, dtype)
+        count = jnp.asarray(_static_count(x.shape, axes) * per_feature, real_dtype)
 
     def pooled(*sums):
         """Sums (count first) pooled over devices in one collective."""
@@ -184,15 +220,17 @@ def moments(
         total = grouped_psum(
             stacked, axis_name, group_size=group_size, axis_index_groups=axis_index_groups
         )
-        return tuple(total[i] for i in range(len(sums)))
+        # A complex sum made the stack complex: the real sums keep their dtype.
+        return tuple(
+            total[i] if jnp.iscomplexobj(s) else jnp.real(total[i]) for i, s in enumerate(sums)
+        )
 
     def wsum(v):
         return _reduce(v if weights is None else v * weights, axes, feature_groups)
 
     if not use_mean:
-        count, sq = pooled(count, wsum(lax.square(x)))
-        count = jnp.maximum(count, 1.0)
-        return Moments(jnp.zeros_like(sq), sq / count, count)
+        count, sq = pooled(count, wsum(abs_square(x)))
+        return Moments(jnp.zeros_like(sq), sq / jnp.maximum(count, 1.0), count)
 
     def shifted(x, count, weights):
         shift = lax.stop_gradient(_first_element(x, axes, feature_groups))
@@ -202,20 +240,19 @@ def moments(
                 shift, axis_name, group_size=group_size, axis_index_groups=axis_index_groups
             ) / (group_size or _group_len(axis_name, axis_index_groups))
         d = x - shift
-        count, s1, s2 = pooled(count, wsum(d), wsum(lax.square(d)))
-        seen = count > 0
-        count = jnp.maximum(count, 1.0)
-        mean_d = s1 / count
-        var = jnp.maximum(s2 / count - lax.square(mean_d), 0.0)
+        count, s1, s2 = pooled(count, wsum(d), wsum(abs_square(d)))
+        n = jnp.maximum(count, 1.0)
+        mean_d = s1 / n
+        var = jnp.maximum(s2 / n - abs_square(mean_d), 0.0)
         # A statistic without one unmasked element has mean 0, as in the two passes.
-        return Moments(jnp.where(seen, shift + mean_d, 0.0), var, count)
+        return Moments(jnp.where(count > 0, shift + mean_d, 0.0), var, count)
 
     def two_pass(x, count, weights):
         count, s1 = pooled(count, wsum(x))
-        count = jnp.maximum(count, 1.0)
-        mean = s1 / count
+        n = jnp.maximum(count, 1.0)
+        mean = s1 / n
         (s2,) = pooled(_centered_sum_of_squares(x, mean, weights, tuple(axes), feature_groups))
-        return Moments(mean, s2 / count, count)
+        return Moments(mean, s2 / n, count)
 
     if single_pass not in (True, False, 'always'):
         raise ValueError(f"single_pass={single_pass!r}: valid values are True, False, 'always'")
@@ -256,13 +293,13 @@ def combine_moments(
         return v
 
     pooled_mean = mean(m.mean)
-    var = mean(m.var + lax.square(m.mean - pooled_mean))
+    var = mean(m.var + abs_square(m.mean - pooled_mean))
     return Moments(pooled_mean, var, m.count * _static_count(m.mean.shape, axes) * groups)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4))
 def _centered_sum_of_squares(x, mean, weights, axes, feature_groups=None):
-    """``sum(w * (x - mean)**2)`` over `axes` (and feature blocks, as in `moments`),
+    """``sum(w * |x - mean|**2)`` over `axes` (and feature blocks, as in `moments`),
     where `mean` is the weighted mean of `x` over the same elements.
 
     Its derivative with respect to the mean, ``-2 * sum(w * (x - mean))``, vanishes
@@ -273,7 +310,7 @@ def _centered_sum_of_squares(x, mean, weights, axes, feature_groups=None):
     """
     d = x - mean
     return _reduce(
-        lax.square(d) if weights is None else weights * lax.square(d), axes, feature_groups
+        abs_square(d) if weights is None else weights * abs_square(d), axes, feature_groups
     )
 
 
@@ -283,7 +320,10 @@ def _centered_sum_of_squares_jvp(axes, feature_groups, primals, tangents):
     tx = tangents[0]
     d = x - mean
     wd = d if weights is None else weights * d
-    return _reduce(wd * d, axes, feature_groups), _reduce(2.0 * wd * tx, axes, feature_groups)
+    return (
+        _reduce(_real_dot(wd, d), axes, feature_groups),
+        _reduce(2.0 * _real_dot(wd, tx), axes, feature_groups),
+    )
 
 
 def _reduce(v: jax.Array, axes: Sequence[int], feature_groups: int | None) -> jax.Array:
@@ -350,8 +390,14 @@ def normalize(
     scale: jax.Array | None = None,
     bias: jax.Array | None = None,
     dtype=None,
+    mask: jax.Array | None = None,
 ) -> jax.Array:
     """``(x - mean) * rsqrt(var + epsilon) * scale + bias`` in `dtype`.
+
+    With a `mask` (broadcastable to `x`), masked positions are read as zeros
+    (`fill_masked`): their outputs are finite and meaningless, and whatever they
+    held reaches no gradient (the backward's sums of ``dy * (x - mean)`` would
+    otherwise turn ``0 * nan`` into NaN parameter gradients).
 
     All statistics and parameters must already broadcast against `x`. The
     per-feature factor ``rsqrt(var + eps) * scale`` is folded first so the
@@ -366,7 +412,7 @@ def normalize(
     out full-size (the norm layers' training rows in BENCHMARKS.md, section 1).
     Forward- and reverse-mode autodiff both work.
     """
-    operands = {'x': x, 'var': var}
+    operands = {'x': fill_masked(x, mask), 'var': var}
     if not isinstance(mean, int | float):
         operands['mean'] = mean
     elif mean != 0:

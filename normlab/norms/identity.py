@@ -6,6 +6,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 from flax.typing import Dtype, Initializer
 
+from normlab.norms import functional as F
+
 
 class NoNorm(nn.Module):
     """Returns its input unchanged; the no-normalization baseline.
@@ -13,7 +15,8 @@ class NoNorm(nn.Module):
     Takes the keywords models pass to any norm (``use_running_average``,
     ``scale_init``, ...) and ignores them, so ``make_norm('none')`` drops into
     every model. A zero ``scale_init`` (used to zero-init residual branches)
-    is ignored too: without a norm there is no scale to zero.
+    is ignored too: without a norm there is no scale to zero. With a ``mask``,
+    masked positions come out as zeros, as finite as every other norm's.
     """
 
     use_running_average: bool | None = None
@@ -25,5 +28,5 @@ class NoNorm(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     def __call__(self, x, *, mask=None):
-        del mask
+        x = F.fill_masked(x, mask)
         return x if self.dtype is None else x.astype(self.dtype)

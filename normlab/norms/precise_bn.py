@@ -36,14 +36,32 @@ def batch_moments_fn(model: nn.Module, **apply_kwargs) -> Callable[[Any, Any], A
         args = batch if isinstance(batch, tuple) else (batch,)
         mutable = [c for c in variables if c != 'params'] + [BATCH_MOMENTS]
         _, state = model.apply(variables, *args, mutable=mutable, **apply_kwargs)
-        # A layer called several times sowed one value per call.
-        return jax.tree.map(
-            lambda calls: jnp.mean(jnp.stack(calls), axis=0),
-            state.get(BATCH_MOMENTS, {}),
-            is_leaf=lambda t: isinstance(t, tuple),
-        )
+        return mean_over_calls(state.get(BATCH_MOMENTS, {}))
 
     return jax.jit(moments)
+
+
+def mean_over_calls(sown):
+    """Sown statistics averaged over calls: a layer called several times sowed one per call."""
+    return jax.tree.map(
+        lambda calls: jnp.mean(jnp.stack(calls), axis=0),
+        sown,
+        is_leaf=lambda t: isinstance(t, tuple),
+    )
+
+
+def average_over_batches(fn, batches, num_batches: int | None = None):
+    """The mean of the trees ``fn(batch)`` over `batches`, each batch weighted equally."""
+    total, n = None, 0
+    for batch in batches:
+        if num_batches is not None and n >= num_batches:
+            break
+        m = fn(batch)
+        total = m if total is None else jax.tree.map(jnp.add, total, m)
+        n += 1
+    if n == 0:
+        raise ValueError('recompute_batch_stats: got no batches')
+    return jax.tree.map(lambda t: t / n, total)
 
 
 def recompute_batch_stats(
@@ -81,16 +99,8 @@ def recompute_batch_stats(
     if 'batch_stats' not in variables:
         raise ValueError('recompute_batch_stats: the model has no batch_stats to recompute')
     fn = moments_fn or batch_moments_fn(model, **apply_kwargs)
-    total, n = None, 0
-    for batch in batches:
-        if num_batches is not None and n >= num_batches:
-            break
-        m = fn(variables, batch)
-        total = m if total is None else jax.tree.map(jnp.add, total, m)
-        n += 1
-    if n == 0:
-        raise ValueError('recompute_batch_stats: got no batches')
-    averaged = traverse_util.flatten_dict(jax.tree.map(lambda t: t / n, total))
+    averaged = average_over_batches(lambda batch: fn(variables, batch), batches, num_batches)
+    averaged = traverse_util.flatten_dict(averaged)
     stats = traverse_util.flatten_dict(jax.device_get(variables['batch_stats']))
     missing = sorted('/'.join(k) for k in averaged if k not in stats)
     if missing:

@@ -3,7 +3,9 @@
 Models take the result and call it like a layer class: ``norm()`` or
 ``norm(scale_init=zeros)``, after binding the mode once with
 ``functools.partial(norm, use_running_average=not train)`` (every registered
-norm accepts that keyword; stateless ones ignore it).
+norm accepts that keyword; stateless ones ignore it). Every registered norm's
+``__call__`` takes ``mask=`` (positions that count towards its statistics),
+so padded batches never need faking.
 """
 
 from __future__ import annotations
@@ -26,15 +28,29 @@ ModuleDef = Callable[..., nn.Module]
 NORMS: dict[str, type[nn.Module]] = {}
 # Registry defaults that differ from the class defaults, and why.
 _DEFAULTS: dict[str, dict] = {}
+# Options that, when the caller sets one, make the registry defaults not apply.
+_UNLESS: dict[str, frozenset[str]] = {}
 _STATEFUL: set[type[nn.Module]] = set()
 
 
-def register(name: str, cls: type[nn.Module], *, stateful: bool = False, **defaults) -> None:
-    """Adds a norm; refuses a name registered twice."""
+def register(
+    name: str,
+    cls: type[nn.Module],
+    *,
+    stateful: bool = False,
+    unless: tuple[str, ...] = (),
+    **defaults,
+) -> None:
+    """Adds a norm; refuses a name registered twice.
+
+    `defaults` replace the class defaults in `make_norm`, except when the caller
+    sets any option named in `unless` (then the caller's choice is taken exactly).
+    """
     if name in NORMS:
         raise ValueError(f'norm {name!r} is already registered (as {NORMS[name].__name__})')
     NORMS[name] = cls
     _DEFAULTS[name] = defaults
+    _UNLESS[name] = frozenset(unless)
     if stateful:
         _STATEFUL.add(cls)
 
@@ -42,13 +58,17 @@ def register(name: str, cls: type[nn.Module], *, stateful: bool = False, **defau
 register('batch_norm', BatchNorm, stateful=True)
 # Over (H, W, C) for feature maps: the LayerNorm of Ba et al. and of the GN paper.
 register('layer_norm', LayerNorm, reduction_axes=None)
-register('group_norm', GroupNorm)
+# 32 groups where the channels allow, fewer (of >= 2 channels) where they do not
+# (16-channel CIFAR stages), so every model takes the registry defaults; a given
+# num_groups or group_size is exact, as in flax.
+_GROUP_OPTIONS = ('num_groups', 'group_size')
+register('group_norm', GroupNorm, unless=_GROUP_OPTIONS, min_group_size=2)
 register('instance_norm', InstanceNorm)
 register('rms_norm', RMSNorm)
 register('batch_renorm', BatchRenorm, stateful=True)
 register('frn', FilterResponseNorm)
 register('evonorm_b0', EvoNormB0, stateful=True)
-register('evonorm_s0', EvoNormS0)
+register('evonorm_s0', EvoNormS0, unless=_GROUP_OPTIONS, min_group_size=2)
 register('none', NoNorm)
 
 
@@ -81,7 +101,8 @@ def make_norm(name: str, **kwargs) -> ModuleDef:
         raise ValueError(
             f'make_norm({name!r}) got unknown option(s) {unknown}; valid: {", ".join(valid)}'
         )
-    kwargs = {**_DEFAULTS[name], **kwargs}
+    if not _UNLESS[name] & set(kwargs):
+        kwargs = {**_DEFAULTS[name], **kwargs}
     cls(**kwargs)  # runs the field checks in __post_init__
     return functools.partial(cls, **kwargs)
 

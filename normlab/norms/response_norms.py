@@ -4,6 +4,10 @@ These replace a norm *and* the activation after it. Models keep applying
 their own activation afterwards (ReLU after a TLU or EvoNorm output changes
 little, and keeps every norm a drop-in); pass ``act=identity`` to a model to
 follow the papers exactly.
+
+Each takes a ``mask`` broadcastable to the input, as the other norms: only
+True positions reach a statistic, and masked ones may hold anything (NaN,
+inf). They have no complex convention and reject complex inputs.
 """
 
 from __future__ import annotations
@@ -23,7 +27,14 @@ from normlab.norms.validation import (
     check_epsilon,
     check_group_spec,
     check_momentum,
+    check_real,
 )
+
+# The initial value of FRN's learned epsilon part eps_l, the one TensorFlow Addons'
+# `FilterResponseNormalization(learned_epsilon=True)` uses: small against a
+# unit-scale nu^2, so training starts close to plain FRN. It is not a lower bound:
+# the learned epsilon is `epsilon + |eps_l|`, bounded below by `epsilon`.
+LEARNED_EPSILON_INIT = 1e-4
 
 
 def _channel_shapes(x):
@@ -62,7 +73,10 @@ class FilterResponseNorm(nn.Module):
     subtraction and no batch dependence; the learned threshold ``tau`` (the
     TLU) makes up for the missing centering. On inputs without spatial axes
     (``(N, C)``) the statistic is ``x^2`` itself, where the paper recommends a
-    learned epsilon (``learnable_epsilon=True``: ``eps + |eps_l|``).
+    learned epsilon (``learnable_epsilon=True``: ``epsilon + |eps_l|``, so
+    ``epsilon`` stays its lower bound; ``eps_l`` starts at
+    ``LEARNED_EPSILON_INIT``). With a ``mask``, ``nu^2`` averages the real
+    positions only.
     """
 
     epsilon: float = 1e-6
@@ -82,14 +96,17 @@ class FilterResponseNorm(nn.Module):
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, *, mask=None):
+        check_real('FilterResponseNorm', x.dtype, self.dtype)
         feature_shape, bshape = _channel_shapes(x)
         scale, bias = affine_params(self, feature_shape, bshape)
         eps = self.epsilon
         if self.learnable_epsilon:
-            eps = eps + jnp.abs(self.param('eps', nn.initializers.constant(1e-4), (), jnp.float32))
-        xf = x.astype(F.stats_dtype(x.dtype))
-        nu2 = jnp.mean(jnp.square(xf), axis=tuple(range(1, x.ndim - 1)), keepdims=True)
+            init = nn.initializers.constant(LEARNED_EPSILON_INIT)
+            eps = eps + jnp.abs(self.param('eps', init, (), jnp.float32))
+        xf = F.fill_masked(x.astype(F.stats_dtype(x.dtype)), mask)
+        spatial = tuple(range(1, x.ndim - 1))
+        nu2 = F.moments(xf, spatial, mask=mask, use_mean=False).var
         y = F.normalize(xf, 0.0, nu2, epsilon=eps, scale=scale, bias=bias)
         if self.use_tlu:
             tau = self.param('tau', self.tau_init, feature_shape, self.param_dtype)
@@ -124,33 +141,39 @@ class EvoNormB0(nn.Module):
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, x, use_running_average: bool | None = None):
+    def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
         use_running_average = nn.merge_param(
             'use_running_average', self.use_running_average, use_running_average
         )
+        check_real('EvoNormB0', x.dtype, self.dtype)
         feature_shape, bshape = _channel_shapes(x)
         scale, bias = affine_params(self, feature_shape, bshape)
         v = self.param('v', self.v_init, feature_shape, self.param_dtype).reshape(bshape)
         ra_var = self.variable('batch_stats', 'var', jnp.ones, feature_shape, jnp.float32)
-        xf = x.astype(F.stats_dtype(x.dtype))
+        xf = F.fill_masked(x.astype(F.stats_dtype(x.dtype)), mask)
         spatial = tuple(range(1, x.ndim - 1))
-        # Per-(example, channel) moments; the batch variance is combined from them
-        # (the same numbers as a reduction over the whole batch, without reading x
-        # twice more).
-        inst = F.moments(xf, spatial)
+        inst = F.moments(xf, spatial, mask=mask)
         if use_running_average:
             batch_var = ra_var.value.reshape(bshape)
         else:
             initializing = self.is_initializing()
-            batch_var = F.combine_moments(
-                inst,
-                (0,),
-                axis_name=None if initializing else self.axis_name,
-                axis_index_groups=None if initializing else self.axis_index_groups,
-            ).var
+            pool = {
+                'axis_name': None if initializing else self.axis_name,
+                'axis_index_groups': None if initializing else self.axis_index_groups,
+            }
+            if mask is None:
+                # Combined from the per-(example, channel) moments: the same numbers
+                # as a reduction over the whole batch, without reading x twice more.
+                batch = F.combine_moments(inst, (0,), **pool)
+            else:  # examples pool different numbers of real positions
+                batch = F.moments(xf, (0,) + spatial, mask=mask, **pool)
+            batch_var = batch.var
             if not initializing:
                 self.sow(BATCH_MOMENTS, 'var', batch_var.reshape(feature_shape))
-                ra_var.value = F.ema(ra_var.value, batch_var.reshape(feature_shape), self.momentum)
+                new_var = F.ema(ra_var.value, batch_var.reshape(feature_shape), self.momentum)
+                if mask is not None:  # a batch of padding says nothing about the data
+                    new_var = jnp.where(batch.count.reshape(-1) > 0, new_var, ra_var.value)
+                ra_var.value = new_var
         batch_std = jnp.sqrt(batch_var + self.epsilon)
         inst_term = v * xf + jnp.sqrt(inst.var + self.epsilon)
         # tlu, not jnp.maximum: one comparison in the backward instead of two.
@@ -166,11 +189,12 @@ class EvoNormS0(nn.Module):
     ``y = x * sigmoid(v * x) / group_std(x) * scale + bias`` with the standard
     deviation of each example over H, W and ``num_groups`` channel groups (as
     in GroupNorm, default 32 groups; give ``group_size`` instead with
-    ``num_groups=None``).
+    ``num_groups=None``; ``min_group_size`` as in `GroupNorm`).
     """
 
     num_groups: int | None = 32
     group_size: int | None = None
+    min_group_size: int | None = None
     epsilon: float = 1e-5
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
@@ -183,18 +207,22 @@ class EvoNormS0(nn.Module):
 
     def __post_init__(self):
         check_epsilon('EvoNormS0', self.epsilon)
-        check_group_spec('EvoNormS0', self.num_groups, self.group_size)
+        check_group_spec('EvoNormS0', self.num_groups, self.group_size, self.min_group_size)
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, x):
-        groups = channel_groups('EvoNormS0', self.num_groups, self.group_size, x.shape[-1])
+    def __call__(self, x, *, mask=None):
+        check_real('EvoNormS0', x.dtype, self.dtype)
+        groups = channel_groups(
+            'EvoNormS0', self.num_groups, self.group_size, x.shape[-1], self.min_group_size
+        )
         feature_shape, bshape = _channel_shapes(x)
         scale, bias = affine_params(self, feature_shape, bshape)
         v = self.param('v', self.v_init, feature_shape, self.param_dtype).reshape(bshape)
-        xf = x.astype(F.stats_dtype(x.dtype))
+        xf = F.fill_masked(x.astype(F.stats_dtype(x.dtype)), mask)
         # Group statistics returned per channel: everything stays in x's layout.
-        var = F.moments(xf, tuple(range(1, x.ndim - 1)), feature_groups=groups).var
+        spatial = tuple(range(1, x.ndim - 1))
+        var = F.moments(xf, spatial, mask=mask, feature_groups=groups).var
         # The swish numerator goes through `normalize` (mean 0), whose closed-form
         # backward reduces dy once per statistic.
         y = F.normalize(

@@ -164,8 +164,11 @@ def plot_curves(
       transform: ``f(value) -> value`` applied to every point (error to accuracy).
     """
     runs = [r for r in records if r.status == 'finished']
-    panels = list(dict.fromkeys(r.params.get(panel_by) for r in runs)) if panel_by else [None]
-    lines = list(dict.fromkeys(r.params.get(line_by) for r in runs)) if line_by else [None]
+
+    def values(key):
+        return list(dict.fromkeys(r.params.get(key) for r in runs)) if key is not None else [None]
+
+    panels, lines = values(panel_by), values(line_by)
     n = max(len(panels), 1)
     fig, axes = plt.subplots(1, n, figsize=(4.4 * n, 3.6), squeeze=False, sharey=True)
     for ax, panel in zip(axes[0], panels, strict=False):
@@ -181,11 +184,11 @@ def plot_curves(
                 steps, ys = _mean_curve(histories, key)
                 if transform is not None:
                     ys = [transform(y) for y in ys]
-                name = [format_value(line)] if line_by else []
-                if len(keys) > 1 or not line_by:
-                    name.append((labels or {}).get(key, key))
+                name = [format_value(line)] if line_by is not None else []
+                if len(keys) > 1 or line_by is None:
+                    name.append(key if labels is None else labels.get(key, key))
                 ax.plot(steps, ys, label=', '.join(name))
-        if panel_by:
+        if panel_by is not None:
             ax.set_title(format_value(panel))
         ax.set_xlabel('training step')
         ax.grid(True, alpha=0.3)

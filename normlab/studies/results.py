@@ -77,13 +77,18 @@ def flatten_config(config: dict) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in flat.items()}
 
 
+def _no_history(keys) -> list:
+    return []
+
+
 def record_from(
     name: str, study: Study, flat_config: dict, summary: dict | None, history=None
 ) -> RunRecord:
     grid_keys, derived = study_keys(study)
     params = {k: flat_config.get(k) for k in [*grid_keys, *derived, 'seed']}
-    status = (summary or {}).get('status') or 'incomplete'
-    return RunRecord(name, status, params, dict(summary or {}), history or (lambda keys: []))
+    summary = {} if summary is None else dict(summary)
+    status = summary.get('status', 'incomplete')  # a run that has not finished has none
+    return RunRecord(name, status, params, summary, _no_history if history is None else history)
 
 
 def _read_json(path: str):
@@ -183,11 +188,6 @@ def _csv_value(value) -> str:
     if isinstance(value, tuple | list):
         return ' '.join(str(v) for v in value)
     return '' if value is None else str(value)
-
-
-def read_csv(path: str) -> list[dict[str, str]]:
-    with open(path, newline='') as f:
-        return list(csv.DictReader(f))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,10 +17,12 @@ counts), so two runs on two cores do not fight over both.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -32,6 +34,7 @@ from normlab.studies.grid import RunSpec
 from normlab.studies.study import Study
 
 DONE = ('finished', 'diverged')
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # Config keys that may differ between a finished run and the study (they do not
 # change its numbers): where it logs.
 IGNORED_IN_STALE_CHECK = ('wandb',)
@@ -102,6 +105,14 @@ def _last_error_line(log_path: str) -> str:
     return lines[-1] if lines else ''
 
 
+def die_with_parent() -> None:
+    """In a child, before exec: the kernel kills it when the sweep dies (even by
+    SIGKILL), so no orphaned run keeps training into a work directory."""
+    if sys.platform.startswith('linux'):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class _Slot:
     """Runs jobs one at a time: in a reused worker process, or one process per job."""
 
@@ -118,6 +129,7 @@ class _Slot:
             stderr=log,
             env=self.env,
             text=True,
+            preexec_fn=die_with_parent,
         )
         log.close()
         ready = self.proc.stdout.readline()
@@ -133,6 +145,7 @@ class _Slot:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     env=self.env,
+                    preexec_fn=die_with_parent,
                 )
             status = {0: 'finished', 3: 'diverged'}.get(code, 'failed')
             message = '' if status == 'finished' else _last_error_line(log_path)

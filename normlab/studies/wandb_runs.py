@@ -5,18 +5,19 @@ The sweep logs one extra run per study, ``job_type='study'``, in the study's gro
 the findings. Like every normlab run it logs online with credentials and offline
 otherwise (``wandb sync DIR/wandb/offline-run-*`` uploads it later).
 
-`fetch_records` reads a group's training runs with ``wandb.Api`` so runs logged
-from several machines can be compared; it needs credentials and fails at once,
-with the fix in the message, when there are none.
+`fetch_runs` reads a group's runs with ``wandb.Api`` and `records` turns its training
+runs into RunRecords, so runs logged from several machines can be compared; reading
+needs credentials and fails at once, with the fix in the message, when there are none.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import secrets
 from collections.abc import Sequence
 
-from normlab.logging.wandb_run import has_credentials
+from normlab.logging.wandb_run import has_credentials, resolve_mode, start_run
 from normlab.studies import report as report_lib
 from normlab.studies.results import RunRecord, Table, as_float, csv_columns, record_from
 from normlab.studies.study import Study
@@ -31,29 +32,29 @@ class WandbUnavailable(RuntimeError):
 
 def log_summary(
     study: Study,
-    wandb_settings: dict,
+    wandb_settings,
     table: Table,
     records: Sequence[RunRecord],
     workdir: str,
     plot_paths: Sequence[str],
     findings: Sequence[str],
 ) -> str:
-    """Logs the summary run; returns its mode (online/offline/disabled)."""
-    mode = wandb_settings.get('mode', 'auto')
-    if mode == 'disabled':
-        return mode
-    if mode in ('auto', 'online'):
-        mode = 'online' if has_credentials() else 'offline'
-    import wandb
+    """Logs the summary run; returns its mode (online/offline/disabled).
 
-    run = wandb.init(
-        project=wandb_settings.get('project'),
-        entity=wandb_settings.get('entity'),
+    `wandb_settings` is the base config's ``wandb`` section; the mode is resolved, and
+    falls back, as for a training run (`normlab.logging.wandb_run`).
+    """
+    if wandb_settings.mode == 'disabled':
+        return 'disabled'
+    run, mode = start_run(
+        resolve_mode(wandb_settings.mode),
+        secrets.token_hex(4),
+        project=wandb_settings.project,
+        entity=wandb_settings.entity,
         group=study.name,
         job_type=SUMMARY_JOB_TYPE,
         name=f'{study.name}-summary',
         dir=workdir,
-        mode=mode,
         config={
             'study': study.name,
             'study_source': study.source,
@@ -62,8 +63,11 @@ def log_summary(
             'metrics': list(study.report.metrics),
         },
         tags=[f'study:{study.name}'],
-        settings=wandb.Settings(console='off', silent=True, init_timeout=30),
     )
+    if run is None:
+        return mode
+    import wandb
+
     try:
         columns = csv_columns(study)
         rows = []
@@ -126,7 +130,7 @@ def study_source(runs: Sequence) -> str | None:
     """The study file the group's summary run recorded, if any."""
     for run in runs:
         if run.job_type == SUMMARY_JOB_TYPE:
-            return run.config.get('study_source') or None
+            return run.config.get('study_source')  # None: an older summary run
     return None
 
 

@@ -100,7 +100,7 @@ def sweep_definition(study: Study, workdir: str, project: str, entity: str | Non
         'parameters': parameters,
         'command': ['/bin/sh', '-c', launcher, '${interpreter}', '${args}'],
     }
-    if entity:
+    if entity is not None:
         out['entity'] = entity
     return out
 

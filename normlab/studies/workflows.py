@@ -35,6 +35,7 @@ def run_sweep(
     study = load_study(spec)
     runs = study.runs()
     base, _ = command.parse(command.run_flags(study.config_flag, workdir, runs[0].overrides))
+    check_grid(study, workdir, runs)
     outcomes = runner.run_study(
         study, workdir, parallel=parallel, reuse_processes=reuse_processes, echo=echo
     )
@@ -47,7 +48,7 @@ def run_sweep(
     wandb_note = ''
     if log_wandb:
         mode = wandb_runs.log_summary(
-            study, base.wandb.to_dict(), out.table, records, workdir, out.plot_paths, out.findings
+            study, base.wandb, out.table, records, workdir, out.plot_paths, out.findings
         )
         wandb_note = f'; W&B group {study.name!r} ({mode})'
     echo(f'\n{out.tables_text}\n')
@@ -63,6 +64,19 @@ def run_sweep(
     for o in failed:
         echo(f'  {o.run.name}: {o.message}  (log: {workdir}/{o.run.name}/log.txt)')
     return 1
+
+
+def check_grid(study, workdir: str, runs) -> None:
+    """Every grid point's config, checked before any run starts (StudyError on the first
+    bad one, naming the run). Checks that need the run's devices happen in the run."""
+    from normlab.train.config_checks import ConfigError, check_config  # noqa: PLC0415
+
+    for run in runs:
+        config, _ = command.parse(command.run_flags(study.config_flag, workdir, run.overrides))
+        try:
+            check_config(config, num_devices=1)
+        except ConfigError as e:
+            raise StudyError(f'run {run.name}: {e}') from None
 
 
 def emit_wandb_sweep(spec: str, workdir: str, path: str) -> str:
@@ -81,20 +95,21 @@ def compare_local(workdir: str, *, config: str | None = None, out_dir: str | Non
     """Outputs rebuilt from `workdir`'s run directories (see the module docstring)."""
     if not os.path.isdir(workdir):
         raise StudyError(f'--workdir={workdir!r} is not a directory')
-    source = config or outputs.read_study_source(workdir)
+    source = config if config is not None else outputs.read_study_source(workdir)
     if source is None:
         raise StudyError(f'{workdir} has no {outputs.STUDY_FILE}; name the study with --config')
     study = load_study(source)
     records = results.local_records(study, workdir)
     if not records:
         raise StudyError(f'no runs of study {study.name!r} in {workdir}')
-    return outputs.write_outputs(study, records, out_dir or workdir), len(records)
+    out_dir = out_dir if out_dir is not None else workdir
+    return outputs.write_outputs(study, records, out_dir), len(records)
 
 
 def compare_wandb(project: str, group: str, *, config: str | None = None, out_dir: str):
     """Outputs rebuilt from the training runs of W&B `project` (ENTITY/PROJECT), `group`."""
     runs = wandb_runs.fetch_runs(project, group)
-    source = config or wandb_runs.study_source(runs)
+    source = config if config is not None else wandb_runs.study_source(runs)
     if source is None:
         raise StudyError(f'group {group!r} has no study summary run; name the study with --config')
     study = load_study(source)

@@ -2,7 +2,8 @@
 
 Orbax writes each checkpoint to a temporary directory and renames it when
 complete, so a run killed at any moment (SIGKILL included) leaves only whole
-checkpoints behind, and a resumed run restarts from the newest one.
+checkpoints behind, and a resumed run restarts from the newest one that restores
+and verifies (a damaged one, from a disk error or a hand edit, is moved aside).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import logging as py_logging
 import os
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -31,6 +34,20 @@ def quiet_libraries() -> None:
     py_logging.getLogger('absl').addFilter(_DropLibraryInfo())
 
 
+def _verify(state, abstract) -> str | None:
+    """Why a restored state cannot be trusted, or None: shapes and dtypes as the
+    state's, every floating value finite."""
+    for (path, got), want in zip(
+        jax.tree_util.tree_leaves_with_path(state), jax.tree.leaves(abstract), strict=True
+    ):
+        name = jax.tree_util.keystr(path)
+        if got.shape != want.shape or got.dtype != want.dtype:
+            return f'{name} is {got.dtype}{list(got.shape)}, not {want.dtype}{list(want.shape)}'
+        if jnp.issubdtype(got.dtype, jnp.inexact) and not np.isfinite(jax.device_get(got)).all():
+            return f'{name} holds non-finite values'
+    return None
+
+
 class Checkpointer:
     def __init__(self, workdir: str, *, keep: int):
         quiet_libraries()
@@ -47,10 +64,42 @@ class Checkpointer:
         self.manager.save(step, args=ocp.args.StandardSave(state))
 
     def restore(self, state_like):
-        """The newest checkpoint, laid out (shapes, dtypes, shardings) like `state_like`."""
-        step = self.manager.latest_step()
+        """The newest checkpoint that restores and verifies, laid out (shapes, dtypes,
+        shardings) like `state_like`; None when there is none.
+
+        A damaged one (unreadable files, other shapes or dtypes than the state's, or
+        non-finite values) is moved aside to ``checkpoints/damaged-<step>`` (never
+        deleted), with one line saying so, and the next older one is tried.
+        """
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
-        return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+                problem = _verify(state, abstract)
+            except Exception as e:  # noqa: BLE001 - any failure to read makes it damaged
+                problem = f'{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}'
+            if problem is None:
+                return state
+            moved = self._move_aside(step)
+            logging.warning(
+                'checkpoint of step %d is damaged (%s); moved to %s, trying an older one',
+                step,
+                problem,
+                moved,
+            )
+        return None
+
+    def _move_aside(self, step: int) -> str:
+        self.manager.wait_until_finished()
+        src = os.path.join(self.directory, str(step))
+        dst = os.path.join(self.directory, f'damaged-{step}')
+        n = 1
+        while os.path.exists(dst):
+            n += 1
+            dst = os.path.join(self.directory, f'damaged-{step}.{n}')
+        os.rename(src, dst)
+        self.manager.reload()  # forget the step that is no longer there
+        return dst
 
     def close(self) -> None:
         self.manager.wait_until_finished()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
@@ -17,17 +18,28 @@ OPTIMIZERS = ('sgd', 'adam', 'adamw')
 SCHEDULES = ('constant', 'cosine', 'step')
 DTYPES = ('float32', 'bfloat16')
 WANDB_MODES = ('auto', 'online', 'offline', 'disabled')
-# Keys that change what the model computes: a resume must agree on them.
-MODEL_KEYS = ('dataset', 'model', 'model_options', 'norm', 'dtype')
 
 
 class ConfigError(ValueError):
     """A bad config value; the launcher prints it as one line and exits 2."""
 
 
-def _choice(what: str, value, valid) -> None:
+def choice(what: str, value, valid) -> None:
+    """`value` must be one of `valid`; the error suggests the closest one."""
     if value not in valid:
-        raise ConfigError(f'{what}={value!r} is not valid; choose one of: {", ".join(valid)}')
+        close = difflib.get_close_matches(str(value), [str(v) for v in valid], n=1)
+        hint = f' (did you mean {close[0]!r}?)' if close else ''
+        raise ConfigError(f'{what}={value!r} is not valid{hint}; choose one of: {", ".join(valid)}')
+
+
+def check_config(config, num_devices: int) -> None:
+    """The config checks of `config`'s trainer, before anything is built."""
+    if config.trainer == 'gan':
+        from normlab.train.gan.checks import check_gan_config  # noqa: PLC0415 - no cycle
+
+        check_gan_config(config, num_devices)
+    else:
+        check_classifier_config(config, num_devices)
 
 
 def eval_modes(config) -> list[str]:
@@ -35,7 +47,7 @@ def eval_modes(config) -> list[str]:
     if not modes:
         raise ConfigError(f'eval_modes={config.eval_modes!r} names no mode; valid: running, ...')
     for m in modes:
-        _choice('eval_modes', m, EVAL_MODES)
+        choice('eval_modes', m, EVAL_MODES)
     return modes
 
 
@@ -50,21 +62,21 @@ def check_loop_config(config) -> None:
     bad = [s for s in config.eval_steps if not isinstance(s, int) or s < 0]
     if bad:
         raise ConfigError(f'eval_steps={tuple(config.eval_steps)!r}: {bad} are not steps >= 0')
-    _choice('data_placement', config.data_placement, resident.PLACEMENTS)
+    choice('data_placement', config.data_placement, resident.PLACEMENTS)
     if not config.device_data_mb > 0:
         raise ConfigError(f'device_data_mb={config.device_data_mb} must be positive')
 
 
 def check_classifier_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
     """Raises ConfigError on the first bad value."""
-    _choice('dataset', config.dataset, list(data.SPECS))
-    _choice('model', config.model, sorted(models.MODELS))
-    _choice('norm.name', config.norm.name, list(norms.NORMS))
-    _choice('optimizer', config.optimizer, OPTIMIZERS)
-    _choice('schedule', config.schedule, SCHEDULES)
-    _choice('dtype', config.dtype, DTYPES)
-    _choice('lr_scaling', config.lr_scaling, ('linear', 'none'))
-    _choice('wandb.mode', config.wandb.mode, WANDB_MODES)
+    choice('dataset', config.dataset, list(data.SPECS))
+    choice('model', config.model, sorted(models.MODELS))
+    choice('norm.name', config.norm.name, list(norms.NORMS))
+    choice('optimizer', config.optimizer, OPTIMIZERS)
+    choice('schedule', config.schedule, SCHEDULES)
+    choice('dtype', config.dtype, DTYPES)
+    choice('lr_scaling', config.lr_scaling, ('linear', 'none'))
+    choice('wandb.mode', config.wandb.mode, WANDB_MODES)
     eval_modes(config)
     if not (math.isfinite(config.learning_rate) and config.learning_rate > 0):
         raise ConfigError(f'learning_rate={config.learning_rate} must be a positive finite number')
@@ -116,21 +128,55 @@ def check_workdir(workdir: str) -> None:
         raise ConfigError(f'workdir={workdir!r} is not writable ({e.strerror})') from e
 
 
+# Config keys a resumed run may change: they decide what is logged and evaluated when,
+# and where, never the training trajectory (steps_per_call gives identical bits).
+RESUMABLE = (
+    'wandb',
+    'study',
+    'data_dir',
+    'log_every_steps',
+    'checkpoint_every_steps',
+    'keep_checkpoints',
+    'eval_every_steps',
+    'eval_steps',
+    'eval_batch_size',
+    'record_preactivations',
+    'record_grad_norms',
+    'steps_per_call',
+    'eval.cache_dir',
+)
+
+
+def _flat(tree: dict, prefix: str = '') -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f'{prefix}{k}.'))
+        else:
+            out[f'{prefix}{k}'] = v
+    return out
+
+
 def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """A saved config must agree with `config` on everything that shapes the model."""
+    """A work directory's saved config must agree with `config` on every key that can
+    change the run's results (all but `RESUMABLE`)."""
     path = os.path.join(workdir, 'config.json')
     if not os.path.exists(path):
         return
     with open(path) as f:
-        saved = json.load(f)
-    new = json.loads(config.to_json())
+        saved = _flat(json.load(f))
+    new = _flat(json.loads(config.to_json()))
+    missing = object()
     diffs = [
-        f'{k}: saved {saved.get(k)!r} != new {new.get(k)!r}'
-        for k in MODEL_KEYS
-        if saved.get(k) != new.get(k)
+        f'{k}: saved {saved.get(k, missing)!r}, now {new.get(k, missing)!r}'.replace(
+            repr(missing), '(absent)'
+        )
+        for k in sorted(set(saved) | set(new))
+        if saved.get(k, missing) != new.get(k, missing)
+        and not any(k == r or k.startswith(r + '.') for r in RESUMABLE)
     ]
     if diffs:
         raise ConfigError(
-            f'workdir={workdir!r} holds a run whose model differs ({"; ".join(diffs)}); use a '
-            'new workdir or the saved settings'
+            f'workdir={workdir!r} holds a run with other settings ({"; ".join(diffs)}); '
+            'resume with the saved settings or use a new workdir'
         )

@@ -14,19 +14,23 @@ optionally, its own divergence rule. `run` does the rest, the same way for all:
   ``eval_steps``; ``0`` in ``eval_steps`` evaluates the initial weights), so the
   files hold the same rows and numbers whatever ``steps_per_call`` is. Metrics stay
   on the device until a logging step, so a call costs no host round-trip.
-- **divergence**: every step reports whether its loss, gradients, parameters,
-  optimizer state and batch statistics are finite; a step that is not leaves the
-  state as it was (`normlab.train.state.keep_if`). At the next flush the run stops
-  with `DivergedError` naming that step and the last checkpoint that exists;
-  ``summary.json`` says ``diverged`` with that step and the evaluation of the last
-  good state; the launcher exits 3.
+- **divergence**: every step reports whether its loss and gradients are finite,
+  and every call whether the whole state (parameters, optimizer state, batch
+  statistics) is (`normlab.train.steps.scan_steps`). At the next flush the run
+  stops with `DivergedError` naming the first bad step and the last checkpoint that
+  exists; ``summary.json`` says ``diverged`` with that step (and the evaluation of
+  the last good state when it is still there); the launcher exits 3.
 - only process 0 writes files and logs to W&B.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import math
+import os
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -37,10 +41,15 @@ from absl import logging
 
 from normlab.logging import RunFiles, WandbRun
 from normlab.train.checkpointing import Checkpointer
+from normlab.train.config_checks import ConfigError
 from normlab.train.progress import Progress
 
 # Per-step flag every train call returns next to its metrics (not logged).
 FINITE = 'finite'
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says where the run stopped."""
 
 
 class DivergedError(RuntimeError):
@@ -70,7 +79,6 @@ class Trainer:
         one step's metrics (e.g. a collapsed GAN discriminator).
       progress_metric: the metric the progress line shows.
       description: the run's one-line description for the log.
-      tags: W&B tags.
       summary: ``state -> dict`` of extra summary entries (parameter counts, ...).
     """
 
@@ -83,7 +91,6 @@ class Trainer:
     check: Callable[[int, dict], str | None] | None = None
     progress_metric: str = 'train/loss'
     description: str = ''
-    tags: list[str] | None = None
     summary: Callable[[Any], dict] | None = None
 
 
@@ -150,8 +157,44 @@ class _Flusher:
             raise DivergedError(bad[1], bad[0])
 
 
+@contextlib.contextmanager
+def owned(workdir: str):
+    """Holds `workdir` for one run: a second run on it fails at once.
+
+    An advisory lock (``flock``) on ``workdir/.lock``, held by process 0 of a run; the
+    kernel releases it when the process dies, so a killed run never leaves it stuck.
+    """
+    if jax.process_index() != 0:
+        yield
+        return
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, '.lock'), 'a+') as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or 'another process'
+            raise ConfigError(
+                f'workdir={workdir!r} is in use by another run ({holder}); wait for it or '
+                'use another workdir'
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f'pid {os.getpid()} on {socket.gethostname()}')
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def run(config, workdir: str, trainer: Trainer) -> dict:
     """Trains `trainer` in `workdir` as ``config`` says; returns the summary."""
+    with owned(workdir):
+        return _run(config, workdir, trainer)
+
+
+def _run(config, workdir: str, trainer: Trainer) -> dict:
     t_start = time.perf_counter()
     is_chief = jax.process_index() == 0
     files = RunFiles(workdir)
@@ -163,14 +206,14 @@ def run(config, workdir: str, trainer: Trainer) -> dict:
         ckpt.close()
         return previous
     state, start = trainer.state, 0
-    if ckpt.latest_step() is not None:
-        state = ckpt.restore(state)
-        start = int(state.step)
+    restored = ckpt.restore(state) if ckpt.latest_step() is not None else None
+    if restored is not None:
+        state, start = restored, int(restored.step)
         logging.info('resumed from the checkpoint at step %d', start)
     if is_chief:
         files.write_config(config)
         files.truncate_metrics(start)
-    wandb_run = WandbRun(config, workdir, tags=trainer.tags)
+    wandb_run = WandbRun(config, workdir)
     logging.info('%s; W&B %s', trainer.description, wandb_run.mode)
 
     progress = Progress(total, start, trainer.examples_per_step, enabled=is_chief)
@@ -213,6 +256,16 @@ def run(config, workdir: str, trainer: Trainer) -> dict:
                 flush(step)
                 evaluate(step)
         flush(step)
+    except KeyboardInterrupt:
+        progress.close()
+        ckpt.close()
+        kept = ckpt.latest_step()
+        wandb_run.finish(exit_code=130, finish_timeout=10)
+        resume = f'the checkpoint at step {kept}' if kept is not None else 'the start'
+        raise Interrupted(
+            f'interrupted during step {step + 1} of {total}; run the same command again to '
+            f'resume from {resume}'
+        ) from None
     except DivergedError as e:
         progress.close()
         kept = ckpt.latest_step()
@@ -223,12 +276,11 @@ def run(config, workdir: str, trainer: Trainer) -> dict:
         )
         message = f'run diverged at step {e.step}: {e}; {where}'
         logging.warning('%s', message)
-        # The state is the last good one (a bad step changes nothing): evaluate it.
-        results = {
-            k: v
-            for k, v in trainer.evaluate(state, e.step - 1).items()
-            if not isinstance(v, np.ndarray)
-        }
+        # With one step per call the state is the last good one: evaluate it.
+        results = {}
+        if _finite_on_host(state):
+            out = trainer.evaluate(state, e.step - 1)
+            results = {k: v for k, v in out.items() if not isinstance(v, np.ndarray)}
         if is_chief:
             files.write_summary(
                 {
@@ -269,6 +321,12 @@ def run(config, workdir: str, trainer: Trainer) -> dict:
     wandb_run.finish()
     logging.info('done: %d steps in %.1f s', total, summary['wall_s'])
     return summary
+
+
+def _finite_on_host(tree) -> bool:
+    # On the host: eager jnp ops would compile one small program per leaf shape.
+    leaves = jax.device_get(jax.tree.leaves(tree))
+    return all(np.isfinite(x).all() for x in leaves if np.issubdtype(x.dtype, np.inexact))
 
 
 def _last_logged_train(files: RunFiles) -> dict:

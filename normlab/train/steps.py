@@ -28,40 +28,56 @@ from jax.sharding import PartitionSpec as P
 
 from normlab.parallel import DATA_AXIS
 from normlab.train.loop import FINITE
-from normlab.train.state import keep_if
+from normlab.train.state import all_finite, keep_if
 
 
-def scan_steps(step_fn: Callable, batch_fn: Callable, steps_per_call: int) -> Callable:
+def scan_steps(
+    step_fn: Callable, batch_fn: Callable, steps_per_call: int, prepare: Callable | None = None
+) -> Callable:
     """``body(state, data, seed, n) -> (state, metrics stacked over steps_per_call)``.
 
     Call `body` inside `shard_map`; `seed` and `n` are traced, so neither a new
-    seed nor a shorter call recompiles.
+    seed nor a shorter call recompiles. ``prepare(data, seed, first_step) -> data``
+    runs once per call, before the steps (e.g. the epochs' permutations), and its
+    result is what `batch_fn` sees.
     """
+    prepare = prepare or (lambda data, seed, step: data)
 
     if steps_per_call == 1:  # no loop: XLA:CPU runs convolutions slower inside one
 
         def single(state, data, seed, n):
             del n  # a call runs at least one step
+            data = prepare(data, seed, state.step)
             new, metrics = step_fn(state, batch_fn(data, seed, state.step, 0))
-            new = keep_if(metrics[FINITE], new, state)
-            return new, jax.tree.map(lambda m: m[None], metrics)
+            ok = metrics[FINITE] & all_finite(new)
+            metrics = {**metrics, FINITE: ok}
+            return keep_if(ok, new, state), jax.tree.map(lambda m: jnp.asarray(m)[None], metrics)
 
         return single
 
     def body(state, data, seed, n):
-        def one(state, i):
+        data = prepare(data, seed, state.step)
+
+        def one(carry, i):
+            state, halted = carry
+
             def run(state):
-                new, metrics = step_fn(state, batch_fn(data, seed, state.step, i))
-                return keep_if(metrics[FINITE], new, state), metrics
+                return step_fn(state, batch_fn(data, seed, state.step, i))
 
             shapes = jax.eval_shape(run, state)[1]
 
             def skip(state):
                 return state, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
-            return lax.cond(i < n, run, skip, state)
+            state, metrics = lax.cond((i < n) & ~halted, run, skip, state)
+            return (state, halted | ((i < n) & ~metrics[FINITE])), metrics
 
-        return lax.scan(one, state, jnp.arange(steps_per_call))
+        (state, _), metrics = lax.scan(one, (state, jnp.bool_(False)), jnp.arange(steps_per_call))
+        # The steps checked their loss and gradients; the whole state is checked once
+        # per call, against the call's last step (what only overflow could miss).
+        last = jnp.arange(steps_per_call) == n - 1
+        metrics[FINITE] = metrics[FINITE] & (~last | all_finite(state))
+        return state, metrics
 
     return body
 
@@ -72,16 +88,18 @@ def make_train_call(
     *,
     steps_per_call: int,
     batch_fn: Callable | None,
+    prepare: Callable | None = None,
     options: dict | None = None,
 ):
     """The jitted ``(state, data, seed, n) -> (state, stacked metrics)``, donating state.
 
     With a `batch_fn` (device-resident data), ``data`` is the resident arrays, sharded
-    over the data axis, and batches are built on the devices; with None, ``data`` is
-    host batches stacked to ``(steps_per_call, batch, ...)`` (`HostBatches`).
+    over the data axis, and batches are built on the devices (after ``prepare``, see
+    `scan_steps`); with None, ``data`` is host batches stacked to
+    ``(steps_per_call, batch, ...)`` (`HostBatches`).
     """
     data_spec = P(DATA_AXIS) if batch_fn is not None else P(None, DATA_AXIS)
-    body = scan_steps(step_fn, batch_fn or row_of_stacked, steps_per_call)
+    body = scan_steps(step_fn, batch_fn or row_of_stacked, steps_per_call, prepare)
     sharded = jax.shard_map(
         body, mesh=mesh, in_specs=(P(), data_spec, P(), P()), out_specs=(P(), P())
     )

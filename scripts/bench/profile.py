@@ -127,12 +127,10 @@ def main(argv=None) -> None:
         compiled = fn.lower(*fargs).compile()
         profile(lambda: jax.block_until_ready(compiled(*fargs)), compiled.as_text())
     else:
-        from configs import cifar10_resnet20
+        from configs import cifar10_resnet
         from scripts.bench.training import XLA_VARIANTS, JaxStep
 
-        step = JaxStep(
-            cifar10_resnet20, f'norm={args.norm}', (32, 32, 3), xla=XLA_VARIANTS[args.xla]
-        )
+        step = JaxStep(cifar10_resnet, f'norm={args.norm}', (32, 32, 3), xla=XLA_VARIANTS[args.xla])
         profile(step, step.compiled.as_text(), calls=2, top=args.top)
 
 

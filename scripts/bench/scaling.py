@@ -1,6 +1,6 @@
 """Benchmark 3: step time on 1, 2, 4 and 8 simulated CPU devices, global vs per-device BN.
 
-ResNet-20 (`configs/cifar10_resnet20.py`, BatchNorm) at a fixed per-device batch, with
+ResNet-20 (`configs/cifar10_resnet.py`, BatchNorm) at a fixed per-device batch, with
 normlab's data-parallel train step (`shard_map` over the ``data`` axis). Each device
 count runs in its own process (``XLA_FLAGS=--xla_force_host_platform_device_count=N``),
 which alternates, on the same batch:
@@ -31,7 +31,7 @@ from scripts.bench import common
 def worker(args) -> dict:
     import jax
 
-    from configs import cifar10_resnet20
+    from configs import cifar10_resnet
     from scripts.bench.training import NO_YNN_CONV, JaxStep
 
     n = jax.device_count()
@@ -40,7 +40,7 @@ def worker(args) -> dict:
     batch = f'batch_size={per_device * n}'
     contenders = {
         name: JaxStep(
-            cifar10_resnet20, batch, (32, 32, 3), xla=NO_YNN_CONV, norm__virtual_batch_size=vbs
+            cifar10_resnet, batch, (32, 32, 3), xla=NO_YNN_CONV, norm__virtual_batch_size=vbs
         )
         for name, vbs in (('global', None), ('per_device', per_device))
     }

@@ -1,14 +1,15 @@
 """Benchmark 2: train-step throughput, normlab (JAX) against a PyTorch CPU ResNet-20.
 
 Each contender is one training step on a fixed random batch (throughput does not
-depend on the pixel values): normlab's own train step (`normlab.train.steps.
-make_train_step` under `shard_map` on one device, the optimizer of the config from
-`normlab.train.optim`, the model from `normlab.train.classifier.build_model`) and the
-PyTorch reference in `scripts/torch_resnet20.py` (channels-last, SGD with momentum,
-the same batch size). All steps alternate in one process; compile time is measured
+depend on the pixel values): normlab's own train step
+(`normlab.train.steps.make_train_call`, one step per call, under `shard_map` on one
+device, the optimizer of the config from `normlab.train.optim`, the model from
+`normlab.train.classifier.build_model`) and the PyTorch reference in
+`scripts/torch_resnet20.py` (channels-last, SGD with momentum, the same batch size).
+All steps alternate in one process; compile time is measured
 apart, from a cold cache (the persistent compilation cache is off here).
 
-* ``resnet20``: `configs/cifar10_resnet20.py` at batch 128 on 32x32x3 inputs, with
+* ``resnet20``: `configs/cifar10_resnet.py` (depth 20) at batch 128 on 32x32x3 inputs, with
   batch_norm, group_norm (16 groups, the config's) and layer_norm, each compiled
   with XLA:CPU's default options and the two option sets of `XLA_VARIANTS`;
 * ``digits_cnn``: `configs/digits_cnn.py` (batch 32, 8x8x1), 20 steps per timing,
@@ -98,8 +99,8 @@ class JaxStep:
 
     def __init__(self, config_module, arg: str, image_shape, *, xla=None, inner=1, **overrides):
         from normlab import parallel
-        from normlab.train import classifier, optim
-        from normlab.train.steps import make_train_step
+        from normlab.train import classifier, optim, steps
+        from normlab.train.classifier import steps as classifier_steps
 
         config = config_module.get_config(arg)
         for key, value in overrides.items():  # dotted keys: norm__virtual_batch_size
@@ -109,13 +110,16 @@ class JaxStep:
             node = config
             for part in path:
                 node = getattr(node, part)
-            setattr(node, leaf, value)
+            with node.ignore_type():  # a function where configs hold an activation's name
+                setattr(node, leaf, value)
         model = classifier.build_model(config, 10)
         mesh = parallel.data_mesh()
         lr = optim.schedule(config, 1000, 100)
         tx = optim.make_optimizer(config, lr)
         self.state = classifier.init_state(config, model, tx, mesh, image_shape)
-        step = make_train_step(model, tx, mesh, lr)
+        step = steps.make_train_call(
+            classifier_steps.train_step_fn(model, tx, lr), mesh, steps_per_call=1, batch_fn=None
+        )
         rng = np.random.default_rng(0)
         b = config.batch_size
         batch = {
@@ -123,17 +127,20 @@ class JaxStep:
             'label': rng.integers(0, 10, b).astype(np.int32),
             'mask': np.ones(b, np.float32),
         }
-        self.batch = parallel.global_batch(mesh, batch)
+        stacked = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, 'data'))
+        self.batch = {k: jax.device_put(v[None], stacked) for k, v in batch.items()}
+        self.args = (np.int32(0), np.int32(1))  # seed (unused by host batches), steps
         self.batch_size = b
         self.inner = inner
         self.params = optim.count_params(self.state.params)
         t0 = time.perf_counter()
-        self.compiled = step.lower(self.state, self.batch).compile(compiler_options=xla or {})
+        lowered = step.lower(self.state, self.batch, *self.args)
+        self.compiled = lowered.compile(compiler_options=xla or {})
         self.compile_s = time.perf_counter() - t0
 
     def __call__(self):
         for _ in range(self.inner):
-            self.state, metrics = self.compiled(self.state, self.batch)
+            self.state, metrics = self.compiled(self.state, self.batch, *self.args)
         jax.block_until_ready(self.state)
         return metrics
 
@@ -202,7 +209,7 @@ def _rows(samples, contenders, baseline: str | None, extra: dict) -> list[dict]:
 
 
 def resnet20(args) -> list[dict]:
-    from configs import cifar10_resnet20
+    from configs import cifar10_resnet
 
     norms = ['batch_norm'] if args.quick else ['batch_norm', 'group_norm', 'layer_norm']
     contenders, extra = {}, {}
@@ -210,7 +217,7 @@ def resnet20(args) -> list[dict]:
         for variant, xla in XLA_VARIANTS.items():
             name = f'jax {norm} [{variant}]'
             contenders[name] = JaxStep(
-                cifar10_resnet20, f'norm={norm},batch_size=128', (32, 32, 3), xla=xla
+                cifar10_resnet, f'norm={norm},batch_size=128', (32, 32, 3), xla=xla
             )
             extra[name] = {'framework': 'jax', 'norm': norm, 'xla': variant}
             print(f'  compiled {name} in {contenders[name].compile_s:.1f} s', flush=True)
@@ -238,14 +245,14 @@ def digits_cnn(args) -> list[dict]:
 
 
 def attempts(args) -> list[dict]:
-    from configs import cifar10_resnet20
+    from configs import cifar10_resnet
 
     contenders, extra = {}, {}
     for name, (model_overrides, xla) in ATTEMPTS.items():
         if args.attempts and name not in args.attempts.split(','):
             continue
         contenders[name] = JaxStep(
-            cifar10_resnet20, 'batch_size=128', (32, 32, 3), xla=xla, **model_overrides
+            cifar10_resnet, 'batch_size=128', (32, 32, 3), xla=xla, **model_overrides
         )
         extra[name] = {'framework': 'jax', 'norm': 'batch_norm', 'xla': xla, **model_overrides}
         print(f'  compiled {name} in {contenders[name].compile_s:.1f} s', flush=True)
@@ -400,7 +407,7 @@ FUSION_CASES = {
     'digits_mlp batch 2': ('digits_mlp', 'norm=batch_norm,batch_size=2', (8, 8, 1), 50),
     'digits_mlp batch 64': ('digits_mlp', 'norm=batch_norm,batch_size=64', (8, 8, 1), 50),
     'digits_cnn batch 32': ('digits_cnn', 'norm=batch_norm', (8, 8, 1), 20),
-    'resnet20 batch 128': ('cifar10_resnet20', 'norm=batch_norm,batch_size=128', (32, 32, 3), 1),
+    'resnet20 batch 128': ('cifar10_resnet', 'norm=batch_norm,batch_size=128', (32, 32, 3), 1),
 }
 
 

@@ -72,20 +72,51 @@ def num_train_steps(config, *, data_dir=None) -> tuple[int, int]:
 
 
 def validate(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Every check that can fail before compiling (raises ConfigError)."""
+    """Every check that can fail before compiling (raises ConfigError).
+
+    Besides the config checks this *traces* (does not compile) the init and the train
+    step on the real mesh, so what the norms and models reject for the chosen sizes
+    (groups that do not divide the channels, a virtual batch that does not fit the
+    per-device batch, images too small for the model) is one line here.
+    """
     config_checks.check_classifier_config(config, jax.device_count())
     config_checks.check_workdir(workdir)
     config_checks.check_resume(config, workdir)
     try:
         spec = data.get_spec(config.dataset)
         model = build_model(config, spec.num_classes)
-        # Tracing init (no compile) surfaces shape errors: groups vs channels,
-        # images too small for the model.
-        dummy = jax.ShapeDtypeStruct((2, *spec.image_shape), jnp.float32)
-        jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), dummy)
         data.prepared_builder(config.dataset, data_dir=config.data_dir)
+        trace_train_step(config, model, spec)
     except (ValueError, TypeError, data.DatasetNotPreparedError) as e:
-        raise config_checks.ConfigError(str(e)) from e
+        raise config_checks.ConfigError(str(e).strip().splitlines()[0]) from e
+    examples = data.num_train_examples(config.dataset, data_dir=config.data_dir)
+    if config.batch_size > examples:
+        raise config_checks.ConfigError(
+            f'batch_size={config.batch_size} is larger than the {examples} training examples '
+            f'of {config.dataset}'
+        )
+
+
+def trace_train_step(config, model, spec) -> None:
+    """Traces (no compile) the init and one train step with abstract inputs."""
+    total_steps, steps_per_epoch = num_train_steps(config, data_dir=config.data_dir)
+    lr_fn = optim.schedule(config, total_steps, steps_per_epoch)
+    tx = optim.make_optimizer(config, lr_fn)
+    dummy = jnp.zeros((2, *spec.image_shape), jnp.float32)
+    state = jax.eval_shape(
+        lambda: TrainState.create(model.init(jax.random.key(0, impl='rbg'), dummy, train=False), tx)
+    )
+    step_fn = steps.train_step_fn(model, tx, lr_fn, record_grad_norms=config.record_grad_norms)
+    call = multi_step.make_train_call(
+        step_fn, parallel.data_mesh(), steps_per_call=1, batch_fn=None
+    )
+    b = config.batch_size
+    batch = {
+        'image': jax.ShapeDtypeStruct((1, b, *spec.image_shape), jnp.float32),
+        'label': jax.ShapeDtypeStruct((1, b), jnp.int32),
+        'mask': jax.ShapeDtypeStruct((1, b), jnp.float32),
+    }
+    jax.eval_shape(call, state, batch, np.int32(0), np.int32(1))
 
 
 def init_state(config, model, tx, mesh, image_shape) -> TrainState:
@@ -129,10 +160,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         step_fn,
         mesh,
         steps_per_call=k,
-        batch_fn=(
-            steps.resident_batch_fn(train_split, config.batch_size, config.augment)
+        **(
+            steps.resident_batches(train_split, config.batch_size, config.augment, k)
             if on_device
-            else None
+            else {'batch_fn': None}
         ),
         options=multi_step.compiler_options(config),
     )
@@ -173,7 +204,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             f', norm {config.norm.name}: {params} params, {total_steps} steps of '
             f'{config.batch_size} on {jax.device_count()} device(s), {k} per call'
         ),
-        tags=None,
         summary=lambda state: {'params': params},
     )
     summary = loop.run(config, workdir, trainer)

@@ -29,7 +29,7 @@ from normlab.data import resident
 from normlab.norms import batch_moments_fn
 from normlab.parallel import DATA_AXIS
 from normlab.train.loop import FINITE
-from normlab.train.state import TrainState, all_finite, reduce_model_state
+from normlab.train.state import TrainState, reduce_model_state
 
 
 def _sums(logits, labels, mask):
@@ -73,12 +73,13 @@ def train_step_fn(model: nn.Module, tx, lr_fn, *, record_grad_norms: bool = Fals
             model_state=reduce_model_state(new_state),
         )
         loss = lax.psum(local_loss, DATA_AXIS)
+        grad_norm = optax.global_norm(grads)
         metrics = {
             'train/loss': loss,
             'train/error': 1.0 - lax.psum(correct, DATA_AXIS) / count,
             'train/lr': lr_fn(state.step),
-            'train/grad_norm': optax.global_norm(grads),
-            FINITE: all_finite(loss, grads, new.params, new.opt_state, new.model_state),
+            'train/grad_norm': grad_norm,
+            FINITE: jnp.isfinite(loss) & jnp.isfinite(grad_norm),
         }
         if record_grad_norms:
             metrics.update(layer_grad_norms(grads))
@@ -87,16 +88,30 @@ def train_step_fn(model: nn.Module, tx, lr_fn, *, record_grad_norms: bool = Fals
     return step
 
 
-def resident_batch_fn(split: resident.Split, batch_size: int, augment: bool) -> Callable:
-    """`normlab.train.steps.make_train_call`'s batch_fn for a resident `split`."""
+def resident_batches(
+    split: resident.Split, batch_size: int, augment: bool, steps_per_call: int
+) -> dict:
+    """`normlab.train.steps.make_train_call`'s ``batch_fn`` and ``prepare`` for a
+    resident `split`: step ``s`` trains on global batch ``s``."""
 
-    def batch_fn(arrays, seed, step, i):
+    def prepare(arrays, seed, first_step):
+        plan = resident.epoch_plan(
+            seed,
+            first_step,
+            num_batches=steps_per_call,
+            batch_size=batch_size,
+            num_examples=split.num_examples,
+        )
+        return arrays, plan
+
+    def batch_fn(data, seed, step, i):
         del i
+        arrays, plan = data
         return resident.train_batch(
-            arrays, seed, step, split=split, batch_size=batch_size, augment=augment
+            arrays, plan, seed, step, split=split, batch_size=batch_size, augment=augment
         )
 
-    return batch_fn
+    return {'batch_fn': batch_fn, 'prepare': prepare}
 
 
 def over_batches(mesh: Mesh, body: Callable, num_batches: int, *, fused: bool) -> Callable:
@@ -208,8 +223,11 @@ def make_resident_moments(
 
     def body(variables, data, j):
         arrays, seed = data
+        plan = resident.epoch_plan(
+            seed, j, num_batches=1, batch_size=batch_size, num_examples=split.num_examples
+        )
         batch = resident.train_batch(
-            arrays, seed, j, split=split, batch_size=batch_size, augment=augment
+            arrays, plan, seed, j, split=split, batch_size=batch_size, augment=augment
         )
         return moments(variables, batch['image'])
 

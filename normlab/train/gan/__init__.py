@@ -154,7 +154,7 @@ def validate(config: ml_collections.ConfigDict, workdir: str) -> None:
     """
     gan_checks.check_gan_config(config, jax.device_count())
     config_checks.check_workdir(workdir)
-    gan_checks.check_gan_resume(config, workdir)
+    config_checks.check_resume(config, workdir)
     try:
         data.prepared_builder(config.dataset, data_dir=config.data_dir)
         generator, discriminator = build_networks(config)
@@ -197,21 +197,6 @@ def _step_fn(config, generator, discriminator, g_tx, d_tx):
     )
 
 
-def run_tags(config) -> list[str]:
-    d_norm = config.discriminator.norm.name
-    tags = [
-        'gan',
-        f'dataset:{config.dataset}',
-        f'g_norm:{config.generator.norm.name}',
-        f'd_norm:{d_norm}' + ('+spectral' if config.discriminator.spectral_norm else ''),
-        f'loss:{config.loss}',
-        f'batch:{config.batch_size}',
-    ]
-    if config.study:
-        tags.append(f'study:{config.study}')
-    return tags + list(config.wandb.tags)
-
-
 def _real_batches(config, start_step: int):
     """Host batches for one train step: ``discriminator.steps`` real batches stacked on
     axis 1. Unaugmented: a GAN should learn the data, not its augmentations."""
@@ -232,16 +217,28 @@ def _real_batches(config, start_step: int):
         yield {k: np.stack([b[k] for b in group], axis=1) for k in keys}
 
 
-def _resident_batch_fn(config, split: resident.Split):
+def _resident_batches(config, split: resident.Split, steps_per_call: int) -> dict:
     """The same batches built on the devices: real batch ``step * d_steps + j``."""
     d_steps = config.discriminator.steps
     keys = ('image', 'label') if config.conditional else ('image',)
 
-    def batch_fn(arrays, seed, step, i):
+    def prepare(arrays, seed, first_step):
+        plan = resident.epoch_plan(
+            seed,
+            first_step * d_steps,
+            num_batches=steps_per_call * d_steps,
+            batch_size=config.batch_size,
+            num_examples=split.num_examples,
+        )
+        return arrays, plan
+
+    def batch_fn(data, seed, step, i):
         del i
+        arrays, plan = data
         group = [
             resident.train_batch(
                 arrays,
+                plan,
                 seed,
                 step * d_steps + j,
                 split=split,
@@ -252,7 +249,7 @@ def _resident_batch_fn(config, split: resident.Split):
         ]
         return {k: jnp.stack([b[k] for b in group], axis=1) for k in keys}
 
-    return batch_fn
+    return {'batch_fn': batch_fn, 'prepare': prepare}
 
 
 def _collapse_check(config):
@@ -302,7 +299,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         _step_fn(config, generator, discriminator, g_tx, d_tx),
         mesh,
         steps_per_call=k,
-        batch_fn=_resident_batch_fn(config, split) if on_device else None,
+        **(_resident_batches(config, split, k) if on_device else {'batch_fn': None}),
     )
     seed = np.int32(config.seed)
     host_batches = None
@@ -351,7 +348,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             f'{config.batch_size} on {jax.device_count()} device(s); feature classifier '
             f'{100 * classifier.test_accuracy:.2f}% accurate'
         ),
-        tags=run_tags(config),
         summary=lambda state: {
             'eval/classifier_accuracy': classifier.test_accuracy,
             'feature_classifier': classifier.path,

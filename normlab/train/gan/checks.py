@@ -19,35 +19,19 @@ other than what the config says:
 
 from __future__ import annotations
 
-import json
-import os
-
 import ml_collections
 
 from normlab import data, norms
-from normlab.train.config_checks import DTYPES, WANDB_MODES, ConfigError, check_loop_config
+from normlab.train.config_checks import (
+    DTYPES,
+    WANDB_MODES,
+    ConfigError,
+    check_loop_config,
+    choice,
+)
 from normlab.train.gan.losses import LOSSES
 
 EVAL_NORM_STATS = ('batch', 'running')
-# Keys that change the networks or the state's layout: a resume must agree on them.
-MODEL_KEYS = (
-    'dataset',
-    'image_size',
-    'conditional',
-    'dtype',
-    'generator.width',
-    'generator.latent_dim',
-    'generator.norm',
-    'generator.ema_decay',
-    'discriminator.width',
-    'discriminator.norm',
-    'discriminator.spectral_norm',
-)
-
-
-def _choice(what: str, value, valid) -> None:
-    if value not in valid:
-        raise ConfigError(f'{what}={value!r} is not valid; choose one of: {", ".join(valid)}')
 
 
 def _positive(what: str, value) -> None:
@@ -56,7 +40,7 @@ def _positive(what: str, value) -> None:
 
 
 def _check_norm(what: str, norm: ml_collections.ConfigDict) -> None:
-    _choice(f'{what}.norm.name', norm.name, list(norms.NORMS))
+    choice(f'{what}.norm.name', norm.name, list(norms.NORMS))
     if norm.weight_standardization:
         raise ConfigError(
             f'{what}.norm.weight_standardization=True: the DCGAN models take no conv '
@@ -66,11 +50,11 @@ def _check_norm(what: str, norm: ml_collections.ConfigDict) -> None:
 
 def check_gan_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
     """Raises ConfigError on the first bad value."""
-    _choice('dataset', config.dataset, list(data.SPECS))
-    _choice('loss', config.loss, list(LOSSES))
-    _choice('dtype', config.dtype, DTYPES)
-    _choice('wandb.mode', config.wandb.mode, WANDB_MODES)
-    _choice('generator.eval_norm_stats', config.generator.eval_norm_stats, EVAL_NORM_STATS)
+    choice('dataset', config.dataset, list(data.SPECS))
+    choice('loss', config.loss, list(LOSSES))
+    choice('dtype', config.dtype, DTYPES)
+    choice('wandb.mode', config.wandb.mode, WANDB_MODES)
+    choice('generator.eval_norm_stats', config.generator.eval_norm_stats, EVAL_NORM_STATS)
     g, d = config.generator, config.discriminator
     _check_norm('generator', g.norm)
     _check_norm('discriminator', d.norm)
@@ -118,29 +102,3 @@ def check_gan_config(config: ml_collections.ConfigDict, num_devices: int) -> Non
         )
     if patience is not None:
         _positive('divergence.patience_steps', patience)
-
-
-def _get(tree: dict, dotted: str):
-    for part in dotted.split('.'):
-        tree = tree.get(part) if isinstance(tree, dict) else None
-    return tree
-
-
-def check_gan_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """A saved config must agree with `config` on everything that shapes the state."""
-    path = os.path.join(workdir, 'config.json')
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        saved = json.load(f)
-    new = json.loads(config.to_json())
-    diffs = [
-        f'{k}: saved {_get(saved, k)!r} != new {_get(new, k)!r}'
-        for k in MODEL_KEYS
-        if _get(saved, k) != _get(new, k)
-    ]
-    if diffs:
-        raise ConfigError(
-            f'workdir={workdir!r} holds a run whose networks differ ({"; ".join(diffs)}); use '
-            'a new workdir or the saved settings'
-        )

@@ -33,9 +33,7 @@ concurrent runs (a parallel sweep) train a cache entry once.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -53,6 +51,7 @@ from flax import serialization
 from jax.sharding import Mesh
 
 from normlab import data, models, norms, parallel
+from normlab.filelock import file_lock
 from normlab.train import loop
 from normlab.train import steps as multi_step
 from normlab.train.classifier import steps as classifier_steps
@@ -200,7 +199,7 @@ def load_or_train(
         f'{dataset}-{space.size}px-{task}-{cache_key(dataset, space, recipe)}',
     )
     init = _initializer(model, recipe, (space.size, space.size, space.channels))
-    with _file_lock(path + '.lock'):
+    with file_lock(path + '.lock'):
         if not os.path.exists(os.path.join(path, 'info.json')):
             _train_and_save(dataset, space, recipe, model, init, path, data_dir)
     with open(os.path.join(path, 'variables.msgpack'), 'rb') as f:
@@ -342,14 +341,3 @@ def _train_and_save(dataset, space, recipe: Recipe, model, init, path, data_dir)
         task,
         info['train_s'],
     )
-
-
-@contextlib.contextmanager
-def _file_lock(path: str):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, 'a') as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)

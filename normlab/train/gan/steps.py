@@ -258,7 +258,7 @@ def train_step_fn(
             ema_params=ema,
             collapsed_steps=collapsed,
         )
-        metrics[FINITE] = all_finite(metrics, g_grads, new)
+        metrics[FINITE] = all_finite(metrics)  # losses and gradient norms
         return new, metrics
 
     return step
