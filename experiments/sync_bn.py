@@ -11,10 +11,11 @@ A fixed global batch of 32 on 4 devices (simulated CPU devices here: every run g
 * 16: statistics pooled over pairs of devices;
 * 32: global (synchronized, cross-replica) BatchNorm.
 
-The 3x100 ReLU MLP on ``digits``, 10 epochs, 2 seeds (10 runs, 3 CPU-minutes
-with ``--parallel=2``). Measured: ghost batches of 2 give ~50% test error (like a
-real batch of 2, see the batch_size study), of 4 ~3%, and 8 (per device), 16 and
-32 (global) all 1.7-2.1%: at 8 examples per device, synchronizing buys nothing
+The 3x100 ReLU MLP on ``digits``, 10 epochs, 2 seeds (10 runs, 2.3 min with
+``--parallel=2`` on the shared 2-core CPU). Measured (report.md): ghost batches of
+2 give 44.6 ± 21.0% test error (like a real batch of 2, see the batch_size study),
+of 4 3.7 ± 0.2%, per device (8) 1.9 ± 0.8%, device pairs (16) 2.1 ± 0.6% and
+global (32) 2.8 ± 0.0%: at 8 examples per device, synchronizing buys nothing
 here. The gradient batch is 32 in every run: only the statistics change.
 Arguments: ``seeds``, ``epochs``, ``smoke``.
 """

@@ -88,8 +88,13 @@ def classifier_config() -> ml_collections.ConfigDict:
     c.precise_bn_batches = 20
     c.eval_batch_size = 500
     c.eval_every_steps = config_dict.placeholder(int)  # None: only at the end
+    # Also evaluate on the whole train split at every evaluation (`eval_train/error`,
+    # `eval_train/loss`, with the statistics of the first eval mode): the honest
+    # train/test gap, unlike `train/error` (the last window's running batches).
+    c.eval_train_split = False
     # Log the 15/50/85th percentiles of every sown `preact{k}` (MLP pre-activations)
-    # on the first eval batch at each evaluation (Ioffe & Szegedy 2015, Fig. 1).
+    # on the first eval batch at each evaluation (Ioffe & Szegedy 2015, Fig. 1):
+    # over all units (`preact3/p50`) and of unit 0 alone (`preact3/unit0/p50`).
     c.record_preactivations = False
 
     # XLA:CPU's producer-consumer fusion for the train step. Off, ResNet-20 trains

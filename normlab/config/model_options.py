@@ -31,8 +31,9 @@ _CNN = {
     'pool': str,
     **_NORMED,
     'use_bias': bool,
+    'kernel_init_scale': float,
 }
-_MLP = {'widths': tuple, **_NORMED, 'use_bias': bool}
+_MLP = {'widths': tuple, 'depth': int, **_NORMED, 'use_bias': bool, 'kernel_init_scale': float}
 
 _VIT_PLACEMENT = {'pool': str, 'norm_placement': str, 'qk_norm': bool, 'dropout_rate': float}
 _VIT = {

@@ -14,7 +14,8 @@ This package is the public interface; import from it, not from its modules:
 Modules, one concept each:
 
 - `specs`: per-dataset facts (`DatasetSpec`, `get_spec`).
-- `digits`: the offline TFDS dataset `digits` (importing this package registers it).
+- `digits`, `mnist5k`, `mnist1d`: the embedded TFDS datasets, built offline from data
+  inside installed packages (importing this package registers them).
 - `builders`: prepared TFDS builders, the data directory, `DatasetNotPreparedError`.
 - `preprocess`: per-example train/eval transforms (augmentation).
 - `pipeline`: the deterministic, resumable, multi-process tf.data iterators.

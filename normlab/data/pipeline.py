@@ -138,18 +138,21 @@ def eval_iterator(
     process_index: int = 0,
     process_count: int = 1,
     download: bool = False,
+    split: str | None = None,
 ) -> Iterator[Batch]:
     """One pass over the eval split, padded so every example is seen exactly once.
 
     There are `ceil(num_eval_examples / global_batch_size)` batches on every
     process (so collectives stay in step); padding rows have zero images, label 0
-    and `mask == 0`. Arguments are as for `train_iterator`.
+    and `mask == 0`. `split` (None: `spec.eval_split`) passes over another split
+    with the eval transform, e.g. the train split for the train error. Other
+    arguments are as for `train_iterator`.
     """
     spec = get_spec(name)
     local_batch_size = _local_batch_size(global_batch_size, process_index, process_count)
     builder = prepared_builder(name, data_dir=data_dir, download=download)
     transform = get_transform(spec)
-    split = spec.eval_split
+    split = split or spec.eval_split
     examples = _read_split(builder, spec, split, encoded=transform.encoded)
     num_examples = _num_examples(examples, builder, split)
     layout = _Layout(global_batch_size, local_batch_size, process_index)

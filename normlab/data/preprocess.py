@@ -1,8 +1,9 @@
 """Per-example image transforms (TensorFlow ops) used by the tf.data pipelines.
 
 A `Transform` pairs a train transform, which may augment, with an eval transform,
-which must not. Both end with `(pixel / 255 - spec.mean) / spec.std` and return a
-float32 image of shape `spec.image_shape`.
+which must not. Both end with `(pixel / 255 - spec.mean) / spec.std` (for a float
+signal such as MNIST-1D's, `(x - spec.mean) / spec.std`) and return a float32
+image of shape `spec.image_shape`.
 
 Augmentation is stateless: a train transform receives `seed`, an int64 tensor of
 shape [2], and draws every random choice from it with `tf.random.stateless_*` /
@@ -55,6 +56,13 @@ def normalize(image: tf.Tensor, spec: DatasetSpec) -> tf.Tensor:
     mean = tf.constant(spec.mean, tf.float32)
     std = tf.constant(spec.std, tf.float32)
     return tf.ensure_shape((image - mean) / std, spec.image_shape)
+
+
+def standardize(signal: tf.Tensor, spec: DatasetSpec) -> tf.Tensor:
+    """Maps a float signal (not pixels: no /255) to `(x - mean) / std`, float32."""
+    mean = tf.constant(spec.mean, tf.float32)
+    std = tf.constant(spec.std, tf.float32)
+    return tf.ensure_shape((tf.cast(signal, tf.float32) - mean) / std, spec.image_shape)
 
 
 def _cifar_train(image, seed, spec):
@@ -134,6 +142,8 @@ def _no_augmentation(eval_fn: EvalFn) -> TrainFn:
 TRANSFORMS: dict[str, Transform] = {
     # Digits (8x8, 28x28) are trained as they are: no augmentation.
     'plain': Transform(train=_no_augmentation(normalize), eval=normalize),
+    # Float signals (MNIST-1D): the generator's noise and shifts are its augmentation.
+    'signal': Transform(train=_no_augmentation(standardize), eval=standardize),
     'cifar': Transform(train=_cifar_train, eval=normalize),
     'imagenet': Transform(train=_imagenet_train, eval=_imagenet_eval, encoded=True),
     # GAN data: the same center crop for training and evaluation, no flip.

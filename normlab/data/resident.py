@@ -46,7 +46,7 @@ from normlab.data.specs import DatasetSpec, get_spec
 
 DATA_AXIS = 'data'  # normlab.parallel.DATA_AXIS (data must not import parallel)
 # Transforms the device can apply; encoded (JPEG) datasets always stream.
-DEVICE_TRANSFORMS = ('plain', 'cifar')
+DEVICE_TRANSFORMS = ('plain', 'cifar', 'signal')
 # fold_in tags that keep the shuffle and augmentation streams apart.
 _SHUFFLE, _AUGMENT = 0, 1
 
@@ -72,10 +72,11 @@ class Split:
 
 
 def split_bytes(name: str, split: str, *, data_dir: str | None = None) -> int:
-    """Bytes the split takes on the devices, summed over them (uint8 pixels)."""
+    """Bytes the split takes on the devices, summed over them."""
     spec = get_spec(name)
     builder = builders.prepared_builder(name, data_dir=data_dir)
-    return builder.info.splits[split].num_examples * math.prod(spec.image_shape)
+    itemsize = 4 if spec.transform == 'signal' else 1  # float32 signals, uint8 pixels
+    return builder.info.splits[split].num_examples * math.prod(spec.image_shape) * itemsize
 
 
 PLACEMENTS = ('auto', 'device', 'stream')
@@ -208,7 +209,10 @@ def _normalize(pixels: jax.Array, spec: DatasetSpec) -> jax.Array:
     shape = (1,) * (pixels.ndim - 1) + (-1,)  # per channel, explicitly broadcast
     mean = jnp.asarray(spec.mean, jnp.float32).reshape(shape)
     std = jnp.asarray(spec.std, jnp.float32).reshape(shape)
-    return (pixels / 255.0 - mean) / std
+    # A float signal (MNIST-1D) is standardized in its own units, like
+    # `normlab.data.preprocess.standardize`; pixels are scaled to [0, 1] first.
+    scale = 1.0 if spec.transform == 'signal' else 255.0
+    return (pixels / scale - mean) / std
 
 
 def _cifar_augment(pixels: jax.Array, key: jax.Array) -> jax.Array:

@@ -30,7 +30,8 @@ class DatasetSpec:
       train_split: TFDS split the train iterator repeats over.
       eval_split: TFDS split the eval iterator passes over once.
       mean: per-channel mean of the training pixels scaled to [0, 1]; the pipeline
-        yields `(pixel / 255 - mean) / std`.
+        yields `(pixel / 255 - mean) / std`. For a float signal (transform
+        ``'signal'``) the mean in the signal's own units: `(x - mean) / std`.
       std: per-channel standard deviation (population, over all training pixels).
       transform: key of `normlab.data.preprocess.TRANSFORMS`, the train and eval
         per-example transforms (augmentation lives there).
@@ -75,7 +76,9 @@ def _register(*specs: DatasetSpec) -> dict[str, DatasetSpec]:
 # Normalization constants are measured on each training split (pixels in [0, 1]).
 # CIFAR's std is the per-pixel one (0.247, ...), not the widely copied 0.2023, ...
 # which is a mean of per-image stds. celeb_a maps to [-1, 1] to match a tanh
-# generator. ImageNet's are the usual torchvision constants.
+# generator. ImageNet's are the usual torchvision constants. MNIST-1D's are in the
+# generator's units (it standardizes all examples together, so a train split is
+# only nearly standard).
 SPECS: dict[str, DatasetSpec] = _register(
     DatasetSpec(
         name='digits',
@@ -86,6 +89,36 @@ SPECS: dict[str, DatasetSpec] = _register(
         mean=(0.3054,),
         std=(0.3760,),
         transform='plain',
+    ),
+    DatasetSpec(
+        name='mnist5k',
+        num_classes=10,
+        image_shape=(28, 28, 1),
+        train_split='train',
+        eval_split='test',
+        mean=(0.1311,),
+        std=(0.3083,),
+        transform='plain',
+    ),
+    DatasetSpec(
+        name='mnist1d',
+        num_classes=10,
+        image_shape=(1, 40, 1),
+        train_split='train',
+        eval_split='test',
+        mean=(-0.0003,),
+        std=(0.9976,),
+        transform='signal',
+    ),
+    DatasetSpec(
+        name='mnist1d/50k',
+        num_classes=10,
+        image_shape=(1, 40, 1),
+        train_split='train',
+        eval_split='test',
+        mean=(0.0007,),
+        std=(1.0003,),
+        transform='signal',
     ),
     DatasetSpec(
         name='mnist',

@@ -26,8 +26,9 @@ layer themselves. Names:
   ``norm`` must be ``make_norm('none')``; kwargs ``width``, ``alpha``, ``act``, ``conv``,
   ``dtype``.
 * ``cnn``: ``widths``, ``convs_per_stage``, ``kernel_size``, ``pool``, ``conv``, ``act``,
-  ``norm_position``, ``use_bias``, ``dtype``.
-* ``mlp``: ``widths``, ``act``, ``norm_position``, ``use_bias``, ``dtype``.
+  ``norm_position``, ``use_bias``, ``kernel_init_scale``, ``dtype``.
+* ``mlp``: ``widths``, ``depth``, ``act``, ``norm_position``, ``use_bias``,
+  ``kernel_init_scale``, ``dtype``.
 * ``vit_ti16``, ``vit_s16``, ``vit_b16`` (Dosovitskiy et al. 2021, patch 16) and ``vit``
   (configurable, sized for 8x8 / 28x28 inputs): ``patch_size``, ``width``, ``depth``,
   ``num_heads``, ``mlp_ratio``, ``pool`` (``'token'`` or ``'mean'``), ``norm_placement``

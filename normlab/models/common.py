@@ -66,6 +66,18 @@ def norm_act(
     raise ValueError(f'norm_position must be one of {NORM_POSITIONS}, got {norm_position!r}')
 
 
+def scaled_lecun_normal(scale: float) -> Callable:
+    """flax's default kernel init (LeCun normal: truncated normal, variance 1/fan_in)
+    with every weight multiplied by `scale`: variance ``scale**2 / fan_in``.
+
+    ``scale=1`` is exactly ``nn.initializers.lecun_normal()``; an init-scale study
+    sweeps it to ask how careful the initialization must be.
+    """
+    if not scale > 0:
+        raise ValueError(f'kernel_init_scale must be positive, got {scale}')
+    return nn.initializers.variance_scaling(scale**2, 'fan_in', 'truncated_normal')
+
+
 def check_images(x: Array, *, model: str, min_size: int) -> None:
     """Raises a ValueError unless ``x`` is an NHWC batch at least ``min_size`` on each side.
 

@@ -36,6 +36,7 @@ from normlab.models.common import (
     get_activation,
     norm_act,
     pooled_head,
+    scaled_lecun_normal,
 )
 from normlab.norms import ModuleDef
 
@@ -49,9 +50,14 @@ class MLP(nn.Module):
       num_classes: size of the logits.
       norm: normalization factory from ``normlab.norms.make_norm`` (normalizes features).
       widths: hidden layer sizes; their number is the depth. Default: the paper's 3x100.
+      depth: None, or a number of hidden layers all of width ``widths[0]`` (then
+        ``widths`` must have one entry): ``depth=50, widths=(100,)`` is a 50x100 MLP,
+        a sweepable scalar for depth studies.
       act: activation, by name or as a function (paper: sigmoid).
       norm_position: ``'before_activation'`` (paper) or ``'after_activation'``.
       use_bias: bias in the hidden layers.
+      kernel_init_scale: every kernel (hidden and head) starts as flax's LeCun normal
+        times this factor (`normlab.models.common.scaled_lecun_normal`).
       dtype: compute dtype; logits are returned in float32.
 
     Every hidden layer ``k`` (1-based) sows the input of its nonlinearity into the
@@ -63,9 +69,11 @@ class MLP(nn.Module):
     num_classes: int
     norm: ModuleDef
     widths: Sequence[int] = (100, 100, 100)
+    depth: int | None = None
     act: str | Callable = 'sigmoid'
     norm_position: str = 'before_activation'
     use_bias: bool = True
+    kernel_init_scale: float = 1.0
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -75,10 +83,20 @@ class MLP(nn.Module):
             raise ValueError(f'MLP expects a batch (rank >= 2), got shape {tuple(x.shape)}')
         act = get_activation(self.act)
         norm = functools.partial(self.norm, use_running_average=not train, dtype=self.dtype)
+        dense = functools.partial(
+            nn.Dense, kernel_init=scaled_lecun_normal(self.kernel_init_scale), dtype=self.dtype
+        )
 
+        widths = tuple(self.widths)
+        if self.depth is not None:
+            if len(widths) != 1 or self.depth < 1:
+                raise ValueError(
+                    f'MLP depth={self.depth} needs depth >= 1 and one width, got widths={widths}'
+                )
+            widths = widths * self.depth
         x = x.reshape(x.shape[0], -1)
-        for k, width in enumerate(self.widths, start=1):
-            x = nn.Dense(width, use_bias=self.use_bias, dtype=self.dtype, name=f'dense{k}')(x)
+        for k, width in enumerate(widths, start=1):
+            x = dense(width, use_bias=self.use_bias, name=f'dense{k}')(x)
             normalize = norm(name=f'norm{k}')
 
             def record(h, k=k):
@@ -86,7 +104,7 @@ class MLP(nn.Module):
                 return act(h)
 
             x = norm_act(x, normalize, record, self.norm_position)
-        x = nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x)
+        x = dense(self.num_classes, name='head')(x)
         return as_logits(x)
 
 
@@ -104,6 +122,8 @@ class CNN(nn.Module):
       act: activation, by name or as a function.
       norm_position: ``'before_activation'`` or ``'after_activation'``.
       use_bias: bias in the convs.
+      kernel_init_scale: every kernel (convs and head) starts as flax's LeCun normal
+        times this factor.
       dtype: compute dtype; logits are returned in float32.
 
     The defaults (3 stages of 32/64/128 filters, max pooling) take 8x8 digits to 2x2 and
@@ -121,6 +141,7 @@ class CNN(nn.Module):
     act: str | Callable = 'relu'
     norm_position: str = 'before_activation'
     use_bias: bool = True
+    kernel_init_scale: float = 1.0
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -131,7 +152,10 @@ class CNN(nn.Module):
         num_pools = 0 if self.pool == 'none' else len(self.widths) - 1
         check_images(x, model='CNN', min_size=2**num_pools)
         act = get_activation(self.act)
-        conv = functools.partial(self.conv, use_bias=self.use_bias, dtype=self.dtype)
+        kernel_init = scaled_lecun_normal(self.kernel_init_scale)
+        conv = functools.partial(
+            self.conv, use_bias=self.use_bias, kernel_init=kernel_init, dtype=self.dtype
+        )
         norm = functools.partial(self.norm, use_running_average=not train, dtype=self.dtype)
         kernel = (self.kernel_size, self.kernel_size)
 
@@ -144,7 +168,7 @@ class CNN(nn.Module):
                 name = f'stage{i + 1}_{j + 1}'
                 x = conv(width, kernel, padding='SAME', name=f'conv{name}')(x)
                 x = norm_act(x, norm(name=f'norm{name}'), act, self.norm_position)
-        return pooled_head(x, self.num_classes, dtype=self.dtype)
+        return pooled_head(x, self.num_classes, dtype=self.dtype, kernel_init=kernel_init)
 
 
 VARIANTS = {'cnn': CNN, 'mlp': MLP}

@@ -4,7 +4,9 @@
 value, error bars one standard deviation over seeds, a log2 axis for batch sizes
 and learning rates. With ``series='metric'`` all metrics share one figure.
 `plot_curves` draws metrics over training steps from each run's history (for
-studies that look at training dynamics), averaged over seeds.
+studies that look at training dynamics), averaged over seeds. `plot_profiles`
+draws values against a position, such as each layer's gradient norm against its
+depth in the network.
 """
 
 from __future__ import annotations
@@ -191,6 +193,55 @@ def plot_curves(
         ax.set_xlabel('training step')
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
+    axes[0][0].set_ylabel(ylabel)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return os.path.basename(path)
+
+
+def plot_profiles(
+    profiles: dict,
+    path: str,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str = '',
+    log_y: bool = True,
+) -> str:
+    """Values against a position (say, gradient norm against layer index), one panel each.
+
+    Args:
+      profiles: ``{panel title: {line label: (xs, ys, y_errors or None)}}``; a label
+        ending in ``'(end)'`` is drawn dashed, in the color of the same label without it.
+      path: output PNG; returns its file name.
+    """
+    n = max(len(profiles), 1)
+    fig, axes = plt.subplots(1, n, figsize=(max(4.4 * n, 6.4), 3.8), squeeze=False, sharey=True)
+    for ax, (panel, lines) in zip(axes[0], profiles.items(), strict=False):
+        colors: dict[str, str] = {}
+        for label_text, (xs, ys, errs) in lines.items():
+            base = label_text.removesuffix(' (end)')
+            dashed = base != label_text
+            drawn = ax.errorbar(
+                xs,
+                ys,
+                yerr=errs,
+                marker='.',
+                capsize=2,
+                linestyle='--' if dashed else '-',
+                color=colors.get(base),
+                label=label_text,
+            )
+            colors.setdefault(base, drawn.lines[0].get_color())
+        if log_y:
+            ax.set_yscale('log')
+        ax.set_title(str(panel))
+        ax.set_xlabel(xlabel)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
     axes[0][0].set_ylabel(ylabel)
     if title:
         fig.suptitle(title)

@@ -21,6 +21,8 @@ LABELS = {
     'eval_precise/error': 'test error, precise (recomputed) statistics',
     'eval_batch/error': 'test error, batch statistics',
     'train/error': 'training error (last logged window)',
+    'eval_train/error': 'error on the whole train split',
+    'eval_train/loss': 'loss on the whole train split',
     'eval/loss': 'test loss',
     'train/loss': 'training loss',
 }

@@ -6,7 +6,10 @@
 - ``precise``: population statistics recomputed from ``precise_bn_batches``
   training batches with the final weights (Wu & Johnson 2021), then inference.
 
-The first mode's metrics are ``eval/...``, the others ``eval_<mode>/...``. On
+The first mode's metrics are ``eval/...``, the others ``eval_<mode>/...``. With
+``config.eval_train_split`` the first mode also runs over the whole train split
+(``eval_train/...``, no augmentation): the train error of the network being
+evaluated, for an honest train/test gap. On
 resident data each mode is one pass over the split on the devices; streamed data
 goes through `normlab.data.eval_iterator` batch by batch.
 """
@@ -68,6 +71,18 @@ class Evaluator:
             self._intermediates = steps.make_intermediates_step(
                 model, mesh, eval_split, config.eval_batch_size
             )
+            if config.eval_train_split:
+                self._train_running = steps.make_resident_eval(
+                    model,
+                    mesh,
+                    train_split,
+                    config.eval_batch_size,
+                    batch_statistics=False,
+                    fused=fused,
+                )
+                self._train_batch = steps.make_resident_eval(
+                    model, mesh, train_split, config.batch_size, batch_statistics=True, fused=fused
+                )
         else:
             self._running_step = steps.make_eval_step(model, mesh)
             self._batch_step = steps.make_eval_step(model, mesh, batch_statistics=True)
@@ -86,10 +101,10 @@ class Evaluator:
         else:
             self._moments_step = steps.make_moments_step(model, mesh)
 
-    def _streamed(self, step_fn, variables, batch_size, *, fill_padding=False):
+    def _streamed(self, step_fn, variables, batch_size, *, fill_padding=False, split=None):
         totals = np.zeros(3)
         for local in data.eval_iterator(
-            self.config.dataset, global_batch_size=batch_size, **self.data_kwargs
+            self.config.dataset, global_batch_size=batch_size, split=split, **self.data_kwargs
         ):
             if fill_padding:
                 local = _pad_with_real_rows(local)
@@ -97,15 +112,28 @@ class Evaluator:
             totals += np.asarray(jax.device_get(step_fn(variables, batch)))
         return totals
 
-    def _sums(self, mode: str, variables) -> np.ndarray:
+    def _sums(self, mode: str, variables, *, on_train: bool = False) -> np.ndarray:
+        """[loss sum, correct, count] over the eval split (or the train split)."""
         if self.eval_split is not None:
-            fn = self._batch if mode == 'batch' else self._running
-            return np.asarray(jax.device_get(fn(variables, self.eval_split.arrays)))
+            if on_train:
+                fn = self._train_batch if mode == 'batch' else self._train_running
+                arrays = self.train_split.arrays
+            else:
+                fn = self._batch if mode == 'batch' else self._running
+                arrays = self.eval_split.arrays
+            return np.asarray(jax.device_get(fn(variables, arrays)))
+        split = data.get_spec(self.config.dataset).train_split if on_train else None
         if mode == 'batch':
             return self._streamed(
-                self._batch_step, variables, self.config.batch_size, fill_padding=True
+                self._batch_step,
+                variables,
+                self.config.batch_size,
+                fill_padding=True,
+                split=split,
             )
-        return self._streamed(self._running_step, variables, self.config.eval_batch_size)
+        return self._streamed(
+            self._running_step, variables, self.config.eval_batch_size, split=split
+        )
 
     def precise_stats(self, variables) -> dict:
         seed = self.config.seed + PRECISE_SEED_OFFSET
@@ -130,7 +158,9 @@ class Evaluator:
         )
 
     def preactivation_percentiles(self, variables) -> dict:
-        """Percentiles of each sown pre-activation on the first eval batch."""
+        """Percentiles of each sown pre-activation on the first eval batch: pooled over
+        all of a layer's units (``preact3/p50``) and of its first unit alone
+        (``preact3/unit0/p50``), the one-sigmoid view of Ioffe & Szegedy's Fig. 1."""
         if self.eval_split is not None:
             batch = self.eval_split.arrays
         else:
@@ -148,21 +178,29 @@ class Evaluator:
         out = {}
         for name, values in sown.items():
             values = np.asarray(values)[real]
+            unit0 = values.reshape(len(values), -1)[:, 0]
             for q in PREACTIVATION_PERCENTILES:
                 out[f'{name}/p{q}'] = float(np.percentile(values, q))
+                out[f'{name}/unit0/p{q}'] = float(np.percentile(unit0, q))
         return out
 
     def __call__(self, state) -> dict:
         variables = state.variables()
         has_stats = 'batch_stats' in variables
         out = {}
-        for i, mode in enumerate(self.modes):
-            prefix = 'eval' if i == 0 else f'eval_{mode}'
+        passes = [(f'eval_{m}' if i else 'eval', m, False) for i, m in enumerate(self.modes)]
+        if self.config.eval_train_split:  # the train split, as the headline mode sees it
+            passes.append(('eval_train', self.modes[0], True))
+        precise = None
+        for prefix, mode, on_train in passes:
             used = variables
             if mode == 'precise' and has_stats:
-                stats = parallel.replicate(self.mesh, self.precise_stats(variables))
-                used = {**variables, 'batch_stats': stats}
-            loss, correct, count = self._sums(mode if has_stats else 'running', used)
+                if precise is None:
+                    precise = parallel.replicate(self.mesh, self.precise_stats(variables))
+                used = {**variables, 'batch_stats': precise}
+            loss, correct, count = self._sums(
+                mode if has_stats else 'running', used, on_train=on_train
+            )
             out[f'{prefix}/loss'] = float(loss / count)
             out[f'{prefix}/error'] = float(1.0 - correct / count)
             out[f'{prefix}/examples'] = int(count)
