@@ -219,3 +219,17 @@ def test_every_eval_mode_on_device_resident_data(tmp_path, steps_per_call):
         assert 0 <= s[f'{prefix}/error'] <= 1 and s[f'{prefix}/examples'] == 360, s
     # Precise statistics differ from the running averages after 6 steps of EMA 0.9.
     assert s['eval_precise/loss'] != s['eval/loss']
+
+
+def test_online_wandb_without_network_logs_offline_without_waiting(tmp_path, monkeypatch):
+    from normlab.logging import WandbRun
+
+    monkeypatch.setenv('WANDB_API_KEY', 'x' * 40)  # credentials, but this machine has no network
+    monkeypatch.setenv('WANDB_MODE', 'online')
+    c = mlp_config(**{'wandb.mode': 'online'})
+    t0 = time.perf_counter()
+    run = WandbRun(c, str(tmp_path))
+    started = time.perf_counter() - t0
+    run.finish()
+    assert run.mode == 'offline' and started < 20, (run.mode, started)
+    assert glob.glob(str(tmp_path / 'wandb' / 'offline-run-*'))

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import netrc
 import os
-import queue
 import secrets
+import socket
 import threading
 
 import jax
@@ -24,8 +24,9 @@ from flax import traverse_util
 # How long `wandb.init` may wait for W&B before failing over to offline logging (W&B's
 # own default is 90 s): a run without network starts training after at most this.
 INIT_TIMEOUT_S = 30
-# The most a finished run waits for W&B to write its queued calls.
-FINISH_TIMEOUT_S = 120
+# The most an online run waits to learn whether the W&B server answers at all.
+PROBE_TIMEOUT_S = 3.0
+WANDB_HOST = 'api.wandb.ai'
 
 
 def flat_config(config: ml_collections.ConfigDict) -> dict:
@@ -98,47 +99,50 @@ def start_run(mode: str, run_id: str, **init_kwargs):
     return None, 'disabled'
 
 
+def reachable(host: str = WANDB_HOST, port: int = 443, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether `host` answers a TCP connection within `timeout` seconds (name lookup
+    included, which a socket timeout does not bound: it runs on a helper thread)."""
+    result = []
+
+    def probe():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result)
+
+
 class WandbRun:
     """`log`, `log_images`, `summary`, `finish`; a no-op off process 0 or when disabled.
 
-    W&B starts on a thread of its own and every call is queued for it, so training
-    never waits on W&B: not for its service to start, not for a network that does not
-    answer (an online start that times out falls back to offline while the run
-    trains). Only `finish` waits, at most ``finish_timeout`` seconds, for the queue to
-    drain so the run's W&B files are complete.
+    Training never waits on W&B for long: an online run first checks in at most
+    ``PROBE_TIMEOUT_S`` seconds that the W&B server answers, and logs offline (under a
+    new run id) when it does not, instead of waiting ``INIT_TIMEOUT_S`` for
+    ``wandb.init`` to give up.
     """
 
     def __init__(self, config, workdir: str):
         self.run = None
-        self._queue: queue.Queue | None = None
+        self.mode = 'disabled'
         if jax.process_index() != 0 or config.wandb.mode == 'disabled':
-            self.mode = 'disabled'
             return
-        self.mode = resolve_mode(config.wandb.mode)
-        self._queue = queue.Queue()
-        self._thread = threading.Thread(
-            target=self._serve, args=(config, workdir), name='wandb', daemon=True
-        )
-        self._thread.start()
-
-    def _serve(self, config, workdir) -> None:
-        self._start(config, workdir)
-        while (call := self._queue.get()) is not None:
-            if self.run is not None:
-                try:
-                    call(self.run)
-                except Exception as e:  # noqa: BLE001 - a W&B failure must not stop training
-                    logging.warning('W&B call failed (%s)', str(e).splitlines()[-1:])
-
-    def _start(self, config, workdir) -> None:
         id_path = os.path.join(workdir, 'wandb_run_id')
         if os.path.exists(id_path):
             with open(id_path) as f:
                 run_id = f.read().strip()
         else:  # `wandb agent` names the run it expects in WANDB_RUN_ID
             run_id = os.environ.get('WANDB_RUN_ID') or secrets.token_hex(4)
+        mode = resolve_mode(config.wandb.mode)
+        if mode == 'online' and not reachable():
+            logging.warning('W&B server unreachable: logging offline (sync later)')
+            mode, run_id = 'offline', secrets.token_hex(4)
         self.run, self.mode = start_run(
-            self.mode,
+            mode,
             run_id,
             project=config.wandb.project,
             entity=config.wandb.entity,
@@ -157,32 +161,21 @@ class WandbRun:
             with open(id_path, 'w') as f:
                 f.write(self.run.id)
 
-    def _put(self, call) -> None:
-        if self._queue is not None:
-            self._queue.put(call)
-
     def log(self, metrics: dict, step: int) -> None:
-        self._put(lambda run: run.log(dict(metrics), step=step))
+        if self.run is not None:
+            self.run.log(metrics, step=step)
 
     def log_images(self, images: dict, step: int) -> None:
-        def log(run):
+        if self.run is not None:
             import wandb
 
-            run.log({k: wandb.Image(v) for k, v in images.items()}, step=step)
-
-        self._put(log)
+            self.run.log({k: wandb.Image(v) for k, v in images.items()}, step=step)
 
     def summary(self, values: dict) -> None:
-        self._put(lambda run: run.summary.update(dict(values)))
+        if self.run is not None:
+            self.run.summary.update(values)
 
-    def finish(self, exit_code: int = 0, *, finish_timeout: float = FINISH_TIMEOUT_S) -> None:
-        if self._queue is None:
-            return
-        self._put(lambda run: run.finish(exit_code=exit_code))
-        self._queue.put(None)
-        self._thread.join(finish_timeout)
-        if self._thread.is_alive():
-            logging.warning(
-                'W&B did not finish within %.0f s; its files may be incomplete', finish_timeout
-            )
-        self._queue = None
+    def finish(self, exit_code: int = 0) -> None:
+        if self.run is not None:
+            self.run.finish(exit_code=exit_code)
+            self.run = None

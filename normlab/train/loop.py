@@ -260,7 +260,7 @@ def _run(config, workdir: str, trainer: Trainer) -> dict:
         progress.close()
         ckpt.close()
         kept = ckpt.latest_step()
-        wandb_run.finish(exit_code=130, finish_timeout=10)
+        wandb_run.finish(exit_code=130)
         resume = f'the checkpoint at step {kept}' if kept is not None else 'the start'
         raise Interrupted(
             f'interrupted during step {step + 1} of {total}; run the same command again to '
