@@ -237,7 +237,11 @@ def test_every_classifier_model_has_its_options():
 CLASSIFIER_CONFIGS = [p for p in CONFIGS if not p.endswith('_dcgan.py')]
 
 
-@pytest.mark.parametrize('path', CLASSIFIER_CONFIGS)
+# Transformers place their norms with norm_placement (pre/post/peri), not norm_position.
+POSITIONED_CONFIGS = [p for p in CLASSIFIER_CONFIGS if not p.endswith('_vit.py')]
+
+
+@pytest.mark.parametrize('path', POSITIONED_CONFIGS)
 def test_norm_position_override_reaches_the_model(path, tmp_path):
     flag = os.path.join(REPO, f'{path}:smoke=True')
     config = parse(flag, str(tmp_path), '--config.model_options.norm_position=after_activation')
@@ -261,3 +265,8 @@ def test_a_model_without_the_option_says_so(tmp_path):
     assert 'nf_resnet20 takes no option norm_position' in str(e.value)
     with pytest.raises(command.FlagError, match='Did you mean "norm_position"'):
         parse(flag, str(tmp_path), '--config.model_options.norm_positon=after_activation')
+    vit = os.path.join(REPO, 'configs/digits_vit.py:smoke=True')
+    config = parse(vit, str(tmp_path / 'vit'), '--config.model_options.norm_placement=peri')
+    assert config.model_options.norm_placement == 'peri'
+    with pytest.raises(command.FlagError, match='norm_position'):
+        parse(vit, str(tmp_path / 'vit'), '--config.model_options.norm_position=before_activation')

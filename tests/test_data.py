@@ -296,7 +296,7 @@ def test_missing_dataset_says_how_to_prepare_it(tmp_path, name, hint):
         data.train_iterator(name, global_batch_size=8, seed=0, data_dir=str(tmp_path))
     message = str(info.value)
     assert hint in message and str(tmp_path) in message
-    assert "'digits'" in message and '\n' not in message
+    assert 'offline (digits, mnist5k, mnist1d)' in message and '\n' not in message
     assert isinstance(info.value, RuntimeError)
     with pytest.raises(data.DatasetNotPreparedError):
         data.num_train_examples(name, data_dir=str(tmp_path))

@@ -35,18 +35,23 @@ _CNN = {
 }
 _MLP = {'widths': tuple, 'depth': int, **_NORMED, 'use_bias': bool, 'kernel_init_scale': float}
 
-_VIT_PLACEMENT = {'pool': str, 'norm_placement': str, 'qk_norm': bool, 'dropout_rate': float}
+_VIT_PLACEMENT = {
+    'mlp_ratio': float,
+    'pool': str,
+    'norm_placement': str,
+    'qk_norm': bool,
+    'dropout_rate': float,
+}
 _VIT = {
     'patch_size': int,
     'width': int,
     'depth': int,
     'num_heads': int,
-    'mlp_ratio': float,
     **_VIT_PLACEMENT,
 }
 
 MODEL_OPTIONS: dict[str, dict[str, type]] = {'cnn': _CNN, 'mlp': _MLP, 'vit': _VIT}
-# The published ViTs fix their sizes (patch 16, width, depth, heads, MLP ratio).
+# The published ViTs fix their sizes (patch 16, width, depth, heads).
 for _size in ('ti', 's', 'b'):
     MODEL_OPTIONS[f'vit_{_size}16'] = _VIT_PLACEMENT
 del _size

@@ -89,12 +89,6 @@ def validate(config: ml_collections.ConfigDict, workdir: str) -> None:
         trace_train_step(config, model, spec)
     except (ValueError, TypeError, data.DatasetNotPreparedError) as e:
         raise config_checks.ConfigError(str(e).strip().splitlines()[0]) from e
-    examples = data.num_train_examples(config.dataset, data_dir=config.data_dir)
-    if config.batch_size > examples:
-        raise config_checks.ConfigError(
-            f'batch_size={config.batch_size} is larger than the {examples} training examples '
-            f'of {config.dataset}'
-        )
 
 
 def trace_train_step(config, model, spec) -> None:
