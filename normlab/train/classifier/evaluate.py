@@ -42,7 +42,11 @@ def _pad_with_real_rows(batch: dict) -> dict:
 
 
 class Evaluator:
-    """``evaluator(state) -> metrics`` for every mode of ``config.eval_modes``."""
+    """``evaluator(state) -> metrics`` for every mode of ``config.eval_modes``.
+
+    ``evaluator(state, seed=s)`` evaluates a run of seed ``s`` (a bundle's runs share
+    one evaluator): precise BN draws its batches from that run's stream.
+    """
 
     def __init__(self, config, model, mesh, *, train_split, eval_split, fused: bool):
         self.config, self.model, self.mesh = config, model, mesh
@@ -106,8 +110,8 @@ class Evaluator:
             )
         return self._streamed(self._running_step, variables, self.config.eval_batch_size)
 
-    def precise_stats(self, variables) -> dict:
-        seed = self.config.seed + PRECISE_SEED_OFFSET
+    def precise_stats(self, variables, run_seed: int) -> dict:
+        seed = run_seed + PRECISE_SEED_OFFSET
         if self.train_split is not None:
             moments = self._moments(variables, self.train_split.arrays, np.int32(seed))
             fn, batches = (lambda v, _: moments), [None]
@@ -151,7 +155,8 @@ class Evaluator:
                 out[f'{name}/p{q}'] = float(np.percentile(values, q))
         return out
 
-    def __call__(self, state) -> dict:
+    def __call__(self, state, seed: int | None = None) -> dict:
+        seed = self.config.seed if seed is None else seed
         variables = state.variables()
         has_stats = 'batch_stats' in variables
         out = {}
@@ -159,7 +164,7 @@ class Evaluator:
             prefix = 'eval' if i == 0 else f'eval_{mode}'
             used = variables
             if mode == 'precise' and has_stats:
-                stats = parallel.replicate(self.mesh, self.precise_stats(variables))
+                stats = parallel.replicate(self.mesh, self.precise_stats(variables, seed))
                 used = {**variables, 'batch_stats': stats}
             loss, correct, count = self._sums(mode if has_stats else 'running', used)
             out[f'{prefix}/loss'] = float(loss / count)
