@@ -14,8 +14,6 @@ import json
 import os
 from collections.abc import Hashable, Iterable, Sequence
 
-from normlab.train.config_checks import ConfigError
-
 # Keys that may differ between the runs of one bundle: traced per run (`seed`: the
 # init key and the resident data order) or bookkeeping that never reaches the program.
 BUNDLE_KEYS = ('seed', 'wandb', 'study')
@@ -33,7 +31,7 @@ def group(configs: Sequence[dict], cap: int | None) -> list[list[int]]:
     """Indices of `configs` in bundles of at most `cap` runs (None: no cap), in order of
     first appearance; runs that differ outside `BUNDLE_KEYS` never share one."""
     if cap is not None and cap < 1:
-        raise ConfigError(f'bundle={cap} must be a positive number of runs per program')
+        raise ValueError(f'bundle={cap} must be a positive number of runs per program')
     groups: dict[Hashable, list[int]] = {}
     for i, config in enumerate(configs):
         groups.setdefault(bundle_key(config), []).append(i)
@@ -46,6 +44,8 @@ def group(configs: Sequence[dict], cap: int | None) -> list[list[int]]:
 
 def check_bundle(configs: Sequence[dict]) -> None:
     """Raises ConfigError naming the first key outside `BUNDLE_KEYS` that differs."""
+    from normlab.train.config_checks import ConfigError  # not at import: the sweep groups
+
     first = configs[0]
     for other in configs[1:]:
         for k in sorted(set(first) | set(other)):
