@@ -30,7 +30,7 @@ from normlab.train import bundle, config_checks, loop, optim
 from normlab.train import steps as multi_step
 from normlab.train.classifier import steps
 from normlab.train.classifier.evaluate import Evaluator
-from normlab.train.state import TrainState, initialize
+from normlab.train.state import TrainState, compile_init
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
@@ -121,6 +121,11 @@ def trace_train_step(config, model, spec) -> None:
 
 
 def init_state(config, model, tx, mesh, image_shape) -> TrainState:
+    return init_states([config], model, tx, mesh, image_shape)[0]
+
+
+def init_states(configs, model, tx, mesh, image_shape) -> list[TrainState]:
+    """Each config's initial state from its seed, all by one compiled init."""
     dummy = jnp.zeros((2, *image_shape), jnp.float32)
 
     def init(key_data):  # an argument, so every seed shares one executable
@@ -128,10 +133,12 @@ def init_state(config, model, tx, mesh, image_shape) -> TrainState:
         key = jax.random.wrap_key_data(key_data, impl='rbg')
         return TrainState.create(model.init(key, dummy, train=False), tx)
 
-    key_data = np.asarray(jax.random.key_data(jax.random.key(config.seed, impl='rbg')))
+    keys = [np.asarray(jax.random.key_data(jax.random.key(c.seed, impl='rbg'))) for c in configs]
     if jax.process_count() > 1:  # the one thing that must agree: the seed, checked cheaply
-        multihost_utils.assert_equal(key_data, f'seed={config.seed} differs between processes')
-    return initialize(init, parallel.replicated(mesh), key_data)
+        for c, key_data in zip(configs, keys, strict=True):
+            multihost_utils.assert_equal(key_data, f'seed={c.seed} differs between processes')
+    compiled = compile_init(init, parallel.replicated(mesh), keys[0])
+    return [compiled(key_data) for key_data in keys]
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -210,7 +217,7 @@ def _train(configs, workdirs, *, bundled: bool) -> list:
     model = build_model(config, spec.num_classes)
     lr_fn = optim.schedule(config, total_steps, steps_per_epoch)
     tx = optim.make_optimizer(config, lr_fn)
-    states = [init_state(c, model, tx, mesh, spec.image_shape) for c in configs]
+    states = init_states(configs, model, tx, mesh, spec.image_shape)
     state = jax.tree.map(lambda *xs: jnp.stack(xs), *states) if bundled else states[0]
 
     on_device = resident.on_device(
