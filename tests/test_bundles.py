@@ -2,6 +2,7 @@
 
 import glob
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -214,3 +215,15 @@ def test_bundled_runs_have_their_own_wandb_runs(tmp_path):
         ]
         assert any(h.get('eval/error') == summ['eval/error'] for h in history)
     assert len(ids) == 2
+
+
+def test_runs_beyond_the_memory_estimate_train_in_another_bundle(tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO)
+    parsed = [command.parse(run_argv(tmp_path / f'b{s}', s)) for s in range(3)]
+    configs = [c for c, _ in parsed]
+    monkeypatch.setattr(bundle, 'STATE_BUDGET_BYTES', 2 * classifier._state_bytes(configs[0]))
+    out = classifier.train_bundle(configs, [w for _, w in parsed])
+    assert [o['status'] for o in out] == ['finished'] * 3
+    assert len({o['eval/loss'] for o in out}) == 3
+    descriptions = [r.getMessage() for r in caplog.records if 'params,' in r.getMessage()]
+    assert len(descriptions) == 2 and '2 runs in one bundle' in descriptions[0]

@@ -98,15 +98,20 @@ def validate(config: ml_collections.ConfigDict, workdir: str) -> None:
         )
 
 
+def abstract_state(model, tx, image_shape) -> TrainState:
+    """The shapes and dtypes of a run's initial state (nothing is computed)."""
+    dummy = jnp.zeros((2, *image_shape), jnp.float32)
+    return jax.eval_shape(
+        lambda: TrainState.create(model.init(jax.random.key(0, impl='rbg'), dummy, train=False), tx)
+    )
+
+
 def trace_train_step(config, model, spec) -> None:
     """Traces (no compile) the init and one train step with abstract inputs."""
     total_steps, steps_per_epoch = num_train_steps(config, data_dir=config.data_dir)
     lr_fn = optim.schedule(config, total_steps, steps_per_epoch)
     tx = optim.make_optimizer(config, lr_fn)
-    dummy = jnp.zeros((2, *spec.image_shape), jnp.float32)
-    state = jax.eval_shape(
-        lambda: TrainState.create(model.init(jax.random.key(0, impl='rbg'), dummy, train=False), tx)
-    )
+    state = abstract_state(model, tx, spec.image_shape)
     step_fn = steps.train_step_fn(model, tx, lr_fn, record_grad_norms=config.record_grad_norms)
     call = multi_step.make_train_call(
         step_fn, parallel.data_mesh(), steps_per_call=1, batch_fn=None
@@ -168,14 +173,12 @@ def train_bundle(configs, workdirs) -> list:
         num_devices=jax.device_count(),
         data_dir=configs[0].data_dir,
     )
+    chunks = []
     if resident_data and len(fresh) > 1:
         chunks = bundle.split_by_memory(fresh, _state_bytes(configs[0]), bundle.STATE_BUDGET_BYTES)
-    else:
-        chunks = []
-    bundled = {i for chunk in chunks if len(chunk) > 1 for i in chunk}
-    for i in range(len(configs)):
-        if i not in bundled:
-            chunks.append([i])
+        chunks = [chunk for chunk in chunks if len(chunk) > 1]
+    bundled = {i for chunk in chunks for i in chunk}
+    chunks += [[i] for i in range(len(configs)) if i not in bundled]
     for chunk in sorted(chunks):
         try:
             results = _train(
@@ -194,10 +197,7 @@ def _state_bytes(config) -> int:
     model = build_model(config, spec.num_classes)
     total_steps, steps_per_epoch = num_train_steps(config, data_dir=config.data_dir)
     tx = optim.make_optimizer(config, optim.schedule(config, total_steps, steps_per_epoch))
-    dummy = jnp.zeros((2, *spec.image_shape), jnp.float32)
-    state = jax.eval_shape(
-        lambda: TrainState.create(model.init(jax.random.key(0, impl='rbg'), dummy, train=False), tx)
-    )
+    state = abstract_state(model, tx, spec.image_shape)
     return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
 
 
