@@ -227,3 +227,36 @@ def test_runs_beyond_the_memory_estimate_train_in_another_bundle(tmp_path, monke
     assert len({o['eval/loss'] for o in out}) == 3
     descriptions = [r.getMessage() for r in caplog.records if 'params,' in r.getMessage()]
     assert len(descriptions) == 2 and '2 runs in one bundle' in descriptions[0]
+
+
+def test_a_sweep_bundles_the_seeds_of_each_point(tmp_path):
+    from normlab.studies import workflows
+    from tests.test_sweep import TINY_STUDY, read_results
+
+    study = tmp_path / 'seeds.py'
+    grid_text = (
+        "grid.product(grid.axis('norm.name', ['batch_norm']), grid.axis('batch_size', [4, 8]))"
+    )
+    study.write_text(TINY_STUDY.format(grid=grid_text).replace('seeds=(0,)', 'seeds=(0, 1, 2)'))
+    runs = {}
+    for cap in (2, 1):
+        workdir = str(tmp_path / f'bundle{cap}')
+        printed = []
+        code = workflows.run_sweep(
+            str(study), workdir, bundle=cap, log_wandb=False, echo=printed.append
+        )
+        assert code == 0, printed
+        runs[cap] = {r['run']: r for r in read_results(workdir)}
+        logs = {name: open(os.path.join(workdir, name, 'log.txt')).read() for name in runs[cap]}
+        in_bundle = {name for name, log in logs.items() if 'trained in one bundle' in log}
+        # Seeds 0 and 1 of each point share a program (seed 1's log points to seed 0's).
+        assert in_bundle == (
+            {f'norm=batch_norm,batch_size={b},seed=1' for b in (4, 8)} if cap == 2 else set()
+        )
+        again = []
+        workflows.run_sweep(str(study), workdir, bundle=cap, log_wandb=False, echo=again.append)
+        assert '6 already done, 0 to run' in again[0]
+    assert runs[2].keys() == runs[1].keys()
+    for name, row in runs[1].items():
+        assert runs[2][name]['status'] == row['status'] == 'finished'
+        assert runs[2][name]['eval/error'] == row['eval/error']
