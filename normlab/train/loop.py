@@ -94,7 +94,7 @@ class Trainer:
     examples_per_step: int
     steps_per_call: int
     train: Callable[[Any, int], tuple[Any, dict]]
-    evaluate: Callable[[Any, int], dict]
+    evaluate: Callable[[Any, int], dict] | list[Callable[[Any, int], dict]]
     check: Callable[[int, dict], str | None] | None = None
     progress_metric: str = 'train/loss'
     description: str = ''
@@ -229,12 +229,14 @@ def _run(configs, workdirs, trainer: Trainer) -> list:
             state, start = restored, int(restored.step)
             logging.info('resumed from the checkpoint at step %d', start)
     else:
-        for m in members:
-            if m.ckpt.latest_step() is not None:
-                raise ConfigError(
-                    f'{m.workdir} has a checkpoint: only fresh runs train in a bundle; '
-                    'resume it alone'
-                )
+        resumable = [m for m in members if m.ckpt.latest_step() is not None]
+        if resumable:
+            for m in members:
+                m.ckpt.close()
+            raise ConfigError(
+                f'{resumable[0].workdir} has a checkpoint: only fresh runs train in a bundle; '
+                'resume it alone'
+            )
     for m in members:
         if is_chief:
             m.files.write_config(m.config)
@@ -246,9 +248,11 @@ def _run(configs, workdirs, trainer: Trainer) -> list:
     pending: list[tuple[int, int, dict]] = []  # (first step, n, stacked metrics)
     live = lambda: [m for m in members if m.outcome is None]  # noqa: E731
 
+    def evaluator_of(m: _Member) -> Callable[[Any, int], dict]:
+        return trainer.evaluate if trainer.runs is None else trainer.evaluate[m.index]
+
     def evaluate_member(m: _Member, step: int) -> dict:
-        evaluate = trainer.evaluate if trainer.runs is None else trainer.evaluate[m.index]
-        out = evaluate(_take(trainer, state, m.index), step)
+        out = evaluator_of(m)(_take(trainer, state, m.index), step)
         # Arrays are images (a GAN's samples): W&B shows them; files get the numbers.
         images = {k: v for k, v in out.items() if isinstance(v, np.ndarray)}
         row = {k: v for k, v in out.items() if k not in images}
@@ -277,8 +281,7 @@ def _run(configs, workdirs, trainer: Trainer) -> list:
         results = {}
         own = _take(trainer, state, m.index)
         if _finite_on_host(own):
-            evaluate = trainer.evaluate if trainer.runs is None else trainer.evaluate[m.index]
-            out = evaluate(own, bad_step - 1)
+            out = evaluator_of(m)(own, bad_step - 1)
             results = {k: v for k, v in out.items() if not isinstance(v, np.ndarray)}
         if is_chief:
             m.files.write_summary(
