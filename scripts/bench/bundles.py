@@ -8,8 +8,9 @@ epochs, 449 steps; ``--quick``: 2 epochs) trained N times with seeds 0..N-1:
 * ``bundle``: one `normlab.train.classifier.train_bundle` of the N runs (the sweep's
   default), each run still writing its own files.
 
-Both are timed end to end (build, compile, train, evaluate, checkpoints, files):
-seconds per run is the wall time over N.
+Both are timed end to end (build, compile, train, evaluate, checkpoints, files),
+after one warm-up run: seconds per run is the wall time over N. With N=1 both are
+the same solo run (``train_bundle`` of one run trains it alone).
 
     python -m scripts.bench.bundles [--quick] [--out FILE]
 """
@@ -64,6 +65,7 @@ def run(args) -> dict:
     epochs = 2.0 if args.quick else 10.0
     sizes = (1, 4) if args.quick else (1, 4, 16)
     out = {'benchmark': 'bundles', 'description': __doc__.splitlines()[0], 'rows': []}
+    _time(1, epochs, bundled=False)  # warm-up: the process's first run pays one-off costs
     for n in sizes:
         load = common.load()
         solo_s, solo = _time(n, epochs, bundled=False)
