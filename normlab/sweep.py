@@ -10,6 +10,8 @@ Each run is ``python -m normlab.main`` with the study's ``--config.KEY=VALUE``
 overrides in ``DIR/<run name>/`` (its ``command.sh`` repeats it). Re-running the
 same command skips finished runs and resumes interrupted ones; a failed run is
 listed at the end and makes the exit status 1, after every other run has run.
+The seeds of a grid point train as one program (``--bundle=N`` caps the runs per
+program; ``--bundle=1`` trains each alone), each with exactly its solo files.
 Writes ``DIR/results.csv``, ``DIR/report.md`` and PNG plots, logs them to W&B in
 the study's group, and prints the table. Exit status 2: the study file is invalid.
 """
@@ -31,6 +33,13 @@ _REUSE = flags.DEFINE_bool(
     True,
     'Run grid points in long-lived worker processes that import JAX/TF once (saves ~10 s '
     'per run); --noreuse_processes starts one `python -m normlab.main` per run.',
+)
+_BUNDLE = flags.DEFINE_integer(
+    'bundle',
+    None,
+    'Most runs (seeds of one grid point) trained as one program; default: all of them, '
+    "as many as fit the trainer's memory estimate; 1 trains every run alone.",
+    lower_bound=1,
 )
 _EMIT = flags.DEFINE_string(
     'emit_wandb_sweep', None, 'Write the grid as a W&B sweep YAML to this file and exit.'
@@ -60,6 +69,7 @@ def main(argv):
             _WORKDIR.value,
             parallel=_PARALLEL.value,
             reuse_processes=_REUSE.value,
+            bundle=_BUNDLE.value,
             log_wandb=_LOG_WANDB.value,
         )
     except (StudyError, FlagError) as e:

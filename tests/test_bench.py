@@ -81,6 +81,15 @@ def expected_cells(name: str, result: dict):
                 {'cache': r['cache']},
                 {'wall s': f'{r["wall_s"]:.0f}', 'finished runs': str(r['runs'])},
             )
+    elif name == 'bundles':
+        for r in result['rows']:
+            yield (
+                {'runs': str(r['runs'])},
+                {
+                    'solo s/run': f'{r["solo_s_per_run"]:.2f}',
+                    'bundle s/run': f'{r["bundle_s_per_run"]:.2f}',
+                },
+            )
     elif name == 'training':
         for part in ('resnet20', 'digits_cnn', 'attempts'):
             for r in result.get(part, {}).get('rows', []):

@@ -85,7 +85,10 @@ def start_run(mode: str, run_id: str, **init_kwargs):
     """
     import wandb  # imported lazily: it is slow to import
 
-    settings = wandb.Settings(console='off', init_timeout=INIT_TIMEOUT_S, silent=True)
+    # create_new: the runs of a bundle are open at once, each its own W&B run.
+    settings = wandb.Settings(
+        console='off', init_timeout=INIT_TIMEOUT_S, silent=True, reinit='create_new'
+    )
     attempts = [(mode, run_id)]
     if mode == 'online':  # under a new id: the failed online start may still hold the old one
         attempts.append(('offline', secrets.token_hex(4)))

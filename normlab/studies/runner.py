@@ -13,6 +13,11 @@ slot is a long-lived `normlab.studies.worker` process that imports JAX and
 TensorFlow once; without it every run is its own ``python -m normlab.main``.
 Slots split the CPU cores between them (XLA, TensorFlow and OpenMP thread
 counts), so two runs on two cores do not fight over both.
+
+Fresh runs that differ only in `normlab.train.bundle.BUNDLE_KEYS` (the seeds of a
+grid point) go to a worker as one bundle, trained as one program (at most
+``bundle`` runs each; None: all of them, as many as the trainer's memory estimate
+lets one program hold); a run with a checkpoint resumes alone.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from collections.abc import Callable
 from normlab.studies import command
 from normlab.studies.grid import RunSpec
 from normlab.studies.study import Study
+from normlab.train import bundle as bundles
 
 DONE = ('finished', 'diverged')
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -164,6 +170,27 @@ class _Slot:
         reply = json.loads(reply)
         return reply['status'], reply['message']
 
+    def run_bundle(self, argvs: list[list[str]], log_paths: list[str]) -> list[tuple[str, str]]:
+        """Runs a bundle in the worker process: one (status, message) per run."""
+        if self.proc is None or self.proc.poll() is not None:
+            self._start_worker()
+        jobs = [{'argv': a, 'log': p} for a, p in zip(argvs, log_paths, strict=True)]
+        self.proc.stdin.write(json.dumps({'bundle': jobs}) + '\n')
+        self.proc.stdin.flush()
+        out = []
+        for _ in jobs:
+            reply = self.proc.stdout.readline()
+            if not reply:
+                code = self.proc.wait()
+                self.proc = None
+                message = (
+                    f'worker process died (exit code {code}); {_last_error_line(log_paths[0])}'
+                )
+                return out + [('failed', message)] * (len(jobs) - len(out))
+            reply = json.loads(reply)
+            out.append((reply['status'], reply['message']))
+        return out
+
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.stdin.close()
@@ -196,9 +223,14 @@ def run_study(
     *,
     parallel: int = 1,
     reuse_processes: bool = True,
+    bundle: int | None = None,
     echo: Callable[[str], None] = print,
 ) -> list[Outcome]:
-    """Runs every run of `study` that is not done; returns one Outcome per run, in grid order."""
+    """Runs every run of `study` that is not done; returns one Outcome per run, in grid order.
+
+    ``bundle``: most runs one program trains (None: automatic); 1, or
+    ``reuse_processes=False``, trains every run alone.
+    """
     os.makedirs(workdir, exist_ok=True)
     planned = plan(study, workdir)
     outcomes: dict[str, Outcome] = {}
@@ -230,8 +262,18 @@ def run_study(
     # Longest first, so parallel slots finish together; among equals, every point's first
     # seed before any second seed, so a second seed finds its executables compiled by
     # the first in the persistent compilation cache instead of compiling alongside it.
-    for item in sorted(todo, key=lambda item: (-_cost(item[2]), item[0].seed)):
-        jobs.put(item[:2])
+    todo.sort(key=lambda item: (-_cost(item[2]), item[0].seed))
+    fresh = [
+        i
+        for i, (run, _, _) in enumerate(todo)
+        if reuse_processes and not bundles.has_checkpoint(os.path.join(workdir, run.name))
+    ]
+    groups = bundles.group([todo[i][2] for i in fresh], bundle)
+    units = [[todo[fresh[i]] for i in g] for g in groups]
+    units += [[item] for i, item in enumerate(todo) if i not in set(fresh)]
+    units.sort(key=lambda unit: (-_cost(unit[0][2]), unit[0][0].seed))
+    for unit in units:
+        jobs.put([item[:2] for item in unit])
     lock = threading.Lock()
     finished_count = [0]
 
@@ -239,14 +281,17 @@ def run_study(
         try:
             while True:
                 try:
-                    run, argv = jobs.get_nowait()
+                    unit = jobs.get_nowait()
                 except queue.Empty:
                     return
-                outcome = _execute(slot, run, argv, workdir, study.env)
-                with lock:
-                    outcomes[run.name] = outcome
-                    finished_count[0] += 1
-                    echo(f'[{finished_count[0]}/{len(todo)}] {_describe(outcome, study, workdir)}')
+                for outcome in _execute(slot, unit, workdir, study.env):
+                    with lock:
+                        outcomes[outcome.run.name] = outcome
+                        finished_count[0] += 1
+                        echo(
+                            f'[{finished_count[0]}/{len(todo)}] '
+                            f'{_describe(outcome, study, workdir)}'
+                        )
         finally:
             slot.close()
 
@@ -256,7 +301,7 @@ def run_study(
             args=(_Slot(env, reuse_processes, os.path.join(workdir, f'.worker{i}.log')),),
             daemon=True,
         )
-        for i in range(min(max(parallel, 1), len(todo)))
+        for i in range(min(max(parallel, 1), len(units)))
     ]
     for t in threads:
         t.start()
@@ -273,15 +318,25 @@ def _cost(config: dict) -> float:
     return float(config.get('num_epochs') or 1.0) / float(config.get('batch_size') or 1)
 
 
-def _execute(slot: _Slot, run: RunSpec, argv: list[str], workdir: str, env) -> Outcome:
-    run_dir = os.path.join(workdir, run.name)
-    command.write_command_file(run_dir, argv, dict(env))
+def _execute(slot: _Slot, unit: list, workdir: str, env) -> list[Outcome]:
+    """Runs one run, or a bundle of runs as one program; one Outcome per run."""
+    run_dirs = [os.path.join(workdir, run.name) for run, _ in unit]
+    for run_dir, (_, argv) in zip(run_dirs, unit, strict=True):
+        command.write_command_file(run_dir, argv, dict(env))
+    logs = [os.path.join(run_dir, 'log.txt') for run_dir in run_dirs]
     t0 = time.perf_counter()
     try:
-        status, message = slot.run(argv, os.path.join(run_dir, 'log.txt'))
+        if len(unit) == 1:
+            results = [slot.run(unit[0][1], logs[0])]
+        else:
+            results = slot.run_bundle([argv for _, argv in unit], logs)
     except (OSError, RuntimeError) as e:
-        status, message = 'failed', str(e)
-    return Outcome(run, status, message, time.perf_counter() - t0)
+        results = [('failed', str(e))] * len(unit)
+    wall_s = time.perf_counter() - t0
+    return [
+        Outcome(run, status, message, wall_s)
+        for (run, _), (status, message) in zip(unit, results, strict=True)
+    ]
 
 
 def _describe(outcome: Outcome, study: Study, workdir: str) -> str:

@@ -11,7 +11,10 @@ file; the sweep process reads one JSON line per job back.
 Protocol (one JSON object per line): the worker first writes ``{"ready": true}``;
 each job ``{"argv": [...], "log": PATH}`` is answered by
 ``{"status": "finished" | "diverged" | "failed", "message": "...", "wall_s": float}``.
-The worker exits when stdin closes.
+A bundle ``{"bundle": [{"argv": [...], "log": PATH}, ...]}`` (runs that differ only
+in `normlab.train.bundle.BUNDLE_KEYS`) trains as one program and is answered by one
+such line per run, in order; its output goes to the first run's log. The worker
+exits when stdin closes.
 """
 
 from __future__ import annotations
@@ -48,33 +51,71 @@ def _output_to(path: str):
 
 def run_job(job: dict) -> dict:
     """Runs one job (in this process) and returns its reply."""
+    return run_bundle([job])[0]
+
+
+def _solo(trainer_for, config, workdir):
+    """One run's summary, or the exception that ended it."""
+    from normlab.train import ConfigError, DivergedError
+
+    try:
+        return trainer_for(config)(config, workdir)
+    except Exception as e:  # noqa: BLE001 - one run's failure must not end the worker
+        if not isinstance(e, (ConfigError, DivergedError)):
+            traceback.print_exc()
+        return e
+
+
+def run_bundle(jobs: list[dict]) -> list[dict]:
+    """Runs jobs as one bundle (in this process) and returns one reply per job."""
     from absl import logging
 
     from normlab.studies import command
     from normlab.train import ConfigError, DivergedError
-    from normlab.train.registry import trainer_for
+    from normlab.train.registry import bundle_trainer_for, trainer_for
 
     t0 = time.perf_counter()
-    with _output_to(job['log']):
+    replies: list = [None] * len(jobs)
+    with _output_to(jobs[0]['log']):
+        parsed = []
+        for i, job in enumerate(jobs):
+            try:
+                parsed.append((i, *command.parse(job['argv'])))
+            except (ConfigError, command.FlagError) as e:
+                replies[i] = ('failed', str(e))
         try:
-            config, workdir = command.parse(job['argv'])
-            trainer_for(config)(config, workdir)
-            status, message = 'finished', ''
-        except DivergedError as e:
-            status, message = 'diverged', str(e)
-        except (ConfigError, command.FlagError) as e:
-            status, message = 'failed', str(e)
-        except Exception as e:  # noqa: BLE001 - one run's failure must not end the worker
+            train_bundle = bundle_trainer_for(parsed[0][1]) if len(parsed) > 1 else None
+            if train_bundle is not None:
+                outcomes = train_bundle([c for _, c, _ in parsed], [w for _, _, w in parsed])
+            else:
+                outcomes = [_solo(trainer_for, config, workdir) for _, config, workdir in parsed]
+        except Exception as e:  # noqa: BLE001 - one bundle's failure must not end the worker
             traceback.print_exc()
-            status, message = 'failed', f'{type(e).__name__}: {e}'
-        print(f'{status}: {message}' if message else status, file=sys.stderr)
+            outcomes = [e] * len(parsed)
+        for (i, _, _), outcome in zip(parsed, outcomes, strict=True):
+            if isinstance(outcome, DivergedError):
+                replies[i] = ('diverged', str(outcome))
+            elif isinstance(outcome, ConfigError):
+                replies[i] = ('failed', str(outcome))
+            elif isinstance(outcome, Exception):
+                replies[i] = ('failed', f'{type(outcome).__name__}: {outcome}')
+            else:
+                replies[i] = ('finished', '')
+        for status, message in replies:
+            print(f'{status}: {message}' if message else status, file=sys.stderr)
         logging.flush()
+    for job in jobs[1:]:
+        with open(job['log'], 'a') as f:
+            f.write(
+                f'trained in one bundle of {len(jobs)} runs; its output is in {jobs[0]["log"]}\n'
+            )
     # Executables of finished runs are never reused: free them.
     import jax
 
     jax.clear_caches()
     gc.collect()
-    return {'status': status, 'message': message, 'wall_s': time.perf_counter() - t0}
+    wall_s = time.perf_counter() - t0
+    return [{'status': st, 'message': msg, 'wall_s': wall_s} for st, msg in replies]
 
 
 def main() -> None:
@@ -95,7 +136,9 @@ def main() -> None:
     replies.write(json.dumps({'ready': True}) + '\n')
     for line in sys.stdin:
         if line.strip():
-            replies.write(json.dumps(run_job(json.loads(line))) + '\n')
+            job = json.loads(line)
+            for reply in run_bundle(job['bundle']) if 'bundle' in job else [run_job(job)]:
+                replies.write(json.dumps(reply) + '\n')
 
 
 if __name__ == '__main__':

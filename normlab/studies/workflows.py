@@ -24,6 +24,7 @@ def run_sweep(
     *,
     parallel: int = 1,
     reuse_processes: bool = True,
+    bundle: int | None = None,
     log_wandb: bool = True,
     echo=print,
 ) -> int:
@@ -37,7 +38,12 @@ def run_sweep(
     base, _ = command.parse(command.run_flags(study.config_flag, workdir, runs[0].overrides))
     check_grid(study, workdir, runs)
     outcomes = runner.run_study(
-        study, workdir, parallel=parallel, reuse_processes=reuse_processes, echo=echo
+        study,
+        workdir,
+        parallel=parallel,
+        reuse_processes=reuse_processes,
+        bundle=bundle,
+        echo=echo,
     )
     outputs.write_study_file(study, workdir)
     records = results.local_records(study, workdir, runs)

@@ -20,6 +20,10 @@ optionally, its own divergence rule. `run` does the rest, the same way for all:
   stops with `DivergedError` naming the first bad step and the last checkpoint that
   exists; ``summary.json`` says ``diverged`` with that step (and the evaluation of
   the last good state when it is still there); the launcher exits 3.
+- **bundles** (`run_bundle`): runs that differ only in their seed train as one
+  program with a leading run axis; each keeps its own work directory, lock, files,
+  checkpoints (its solo state: it resumes alone) and W&B run, and a run that
+  diverges is stopped and reported alone while the others go on.
 - only process 0 writes files and logs to W&B.
 """
 
@@ -74,12 +78,15 @@ class Trainer:
         from ``state.step`` in one dispatch; ``metrics`` maps names to arrays of
         ``steps_per_call`` rows (rows past ``n`` are ignored) and holds `FINITE`.
       evaluate: ``(state, step) -> metrics``; numpy arrays among them are images,
-        logged to W&B only; it may write its own files (samples).
+        logged to W&B only; it may write its own files (samples). A bundle's is a list,
+        one per run, each called with that run's own state.
       check: ``(step, row) -> reason or None``: a trainer's own divergence rule on
         one step's metrics (e.g. a collapsed GAN discriminator).
       progress_metric: the metric the progress line shows.
       description: the run's one-line description for the log.
       summary: ``state -> dict`` of extra summary entries (parameter counts, ...).
+      runs: a bundle's number of runs: ``state`` and every metric then carry a leading
+        run axis (`run_bundle`); None for one solo run.
     """
 
     state: Any
@@ -87,11 +94,12 @@ class Trainer:
     examples_per_step: int
     steps_per_call: int
     train: Callable[[Any, int], tuple[Any, dict]]
-    evaluate: Callable[[Any, int], dict]
+    evaluate: Callable[[Any, int], dict] | list[Callable[[Any, int], dict]]
     check: Callable[[int, dict], str | None] | None = None
     progress_metric: str = 'train/loss'
     description: str = ''
     summary: Callable[[Any], dict] | None = None
+    runs: int | None = None
 
 
 def _is_event(step: int, every: int | None) -> bool:
@@ -108,53 +116,41 @@ def _next_boundary(step: int, config, total: int) -> int:
     return min(candidates)
 
 
-class _Flusher:
-    """Metrics of finished calls, fetched from the devices only when logged."""
+def _window(trainer: Trainer, rows: list[tuple[int, dict]]):
+    """``(window, logged_at, bad)`` of one run's fetched rows: the mean of the steps up to
+    the first bad one (so the curves show it), and ``(step, reason)`` of that step."""
+    bad = None
+    for s, row in rows:
+        reason = None
+        if not row[FINITE]:
+            reason = 'training became non-finite (loss, gradients, parameters, optimizer state '
+            reason += f'or batch statistics; loss {float(row[trainer.progress_metric])})'
+        elif trainer.check is not None:
+            reason = trainer.check(s, row)
+        if reason:
+            bad = (s, reason)
+            rows = [(t, r) for t, r in rows if t <= s]
+            break
+    keys = [k for k in rows[-1][1] if k != FINITE and not k.startswith('_')]
+    window = {k: float(np.mean([r[k] for _, r in rows])) for k in keys}
+    if 'train/lr' in window:
+        window['train/lr'] = float(rows[-1][1]['train/lr'])
+    return window, rows[-1][0], bad
 
-    def __init__(self, trainer: Trainer, files, wandb_run, progress, is_chief):
-        self.trainer, self.files, self.wandb_run = trainer, files, wandb_run
-        self.progress, self.is_chief = progress, is_chief
-        self.pending: list[tuple[int, int, dict]] = []  # (first step, n, stacked metrics)
-        self.last_window: dict = {}
 
-    def add(self, first: int, n: int, metrics: dict) -> None:
-        self.pending.append((first, n, metrics))
+@dataclasses.dataclass
+class _Member:
+    """One run of a bundle (the only one of a solo run): its files, checkpoints, W&B."""
 
-    def __call__(self, step: int) -> None:
-        """Logs the mean of the pending steps at `step`; raises DivergedError on the
-        first bad step (after logging the steps up to it, so the curves show it)."""
-        if not self.pending:
-            return
-        fetched = jax.device_get([m for _, _, m in self.pending])
-        rows = []
-        for (first, n, _), metrics in zip(self.pending, fetched, strict=True):
-            for i in range(n):
-                rows.append((first + i + 1, {k: v[i] for k, v in metrics.items()}))
-        self.pending.clear()
-        bad = None
-        for s, row in rows:
-            reason = None
-            if not row[FINITE]:
-                reason = 'training became non-finite (loss, gradients, parameters, optimizer state '
-                reason += f'or batch statistics; loss {float(row[self.trainer.progress_metric])})'
-            elif self.trainer.check is not None:
-                reason = self.trainer.check(s, row)
-            if reason:
-                bad = (s, reason)
-                rows = [(t, r) for t, r in rows if t <= s]
-                break
-        keys = [k for k in rows[-1][1] if k != FINITE and not k.startswith('_')]
-        window = {k: float(np.mean([r[k] for _, r in rows])) for k in keys}
-        if 'train/lr' in window:
-            window['train/lr'] = float(rows[-1][1]['train/lr'])
-        self.last_window = window
-        logged_at = rows[-1][0]
-        if self.is_chief:
-            self.files.log_metrics(logged_at, window)
-            self.wandb_run.log(window, logged_at)
-        self.progress.update(logged_at, window.get(self.trainer.progress_metric, math.nan))
-        if bad is not None:
-            raise DivergedError(bad[1], bad[0])
+    index: int
+    config: Any
+    workdir: str
+    files: RunFiles
+    ckpt: Checkpointer
+    wandb_run: Any = None
+    last_window: dict = dataclasses.field(default_factory=dict)
+    last_eval: dict = dataclasses.field(default_factory=dict)
+    outcome: Any = None  # the summary, or the DivergedError, once the run has ended
 
 
 @contextlib.contextmanager
@@ -190,58 +186,149 @@ def owned(workdir: str):
 
 def run(config, workdir: str, trainer: Trainer) -> dict:
     """Trains `trainer` in `workdir` as ``config`` says; returns the summary."""
-    with owned(workdir):
-        return _run(config, workdir, trainer)
+    (outcome,) = run_bundle([config], [workdir], trainer)
+    if isinstance(outcome, DivergedError):
+        raise outcome
+    return outcome
 
 
-def _run(config, workdir: str, trainer: Trainer) -> dict:
+def run_bundle(configs, workdirs, trainer: Trainer) -> list:
+    """Trains the runs of a bundle (``trainer.runs`` of them, a leading axis of its state
+    and metrics; None: one solo run) in their own `workdirs`; returns per run its summary
+    or its `DivergedError`. A run that diverges stops alone; the others go on."""
+    with contextlib.ExitStack() as stack:
+        for workdir in workdirs:
+            stack.enter_context(owned(workdir))
+        return _run(configs, workdirs, trainer)
+
+
+def _take(trainer: Trainer, tree, r: int):
+    """Run `r`'s part of a bundle's state or metrics (a solo run's is all of it)."""
+    return tree if trainer.runs is None else jax.tree.map(lambda x: x[r], tree)
+
+
+def _run(configs, workdirs, trainer: Trainer) -> list:
     t_start = time.perf_counter()
     is_chief = jax.process_index() == 0
-    files = RunFiles(workdir)
-    ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
+    config = configs[0]  # a bundle's runs share every key but seed and bookkeeping
+    members = [
+        _Member(r, c, w, RunFiles(w), Checkpointer(w, keep=c.keep_checkpoints))
+        for r, (c, w) in enumerate(zip(configs, workdirs, strict=True))
+    ]
     total = trainer.total_steps
-    previous = files.read_summary()
-    if previous and previous.get('status') == 'finished' and ckpt.latest_step() == total:
-        logging.info('%s already finished (summary.json); nothing to do', workdir)
-        ckpt.close()
-        return previous
     state, start = trainer.state, 0
-    restored = ckpt.restore(state) if ckpt.latest_step() is not None else None
-    if restored is not None:
-        state, start = restored, int(restored.step)
-        logging.info('resumed from the checkpoint at step %d', start)
-    if is_chief:
-        files.write_config(config)
-        files.truncate_metrics(start)
-    wandb_run = WandbRun(config, workdir)
-    logging.info('%s; W&B %s', trainer.description, wandb_run.mode)
+    if trainer.runs is None:
+        (m,) = members
+        previous = m.files.read_summary()
+        if previous and previous.get('status') == 'finished' and m.ckpt.latest_step() == total:
+            logging.info('%s already finished (summary.json); nothing to do', m.workdir)
+            m.ckpt.close()
+            return [previous]
+        restored = m.ckpt.restore(state) if m.ckpt.latest_step() is not None else None
+        if restored is not None:
+            state, start = restored, int(restored.step)
+            logging.info('resumed from the checkpoint at step %d', start)
+    else:
+        resumable = [m for m in members if m.ckpt.latest_step() is not None]
+        if resumable:
+            for m in members:
+                m.ckpt.close()
+            raise ConfigError(
+                f'{resumable[0].workdir} has a checkpoint: only fresh runs train in a bundle; '
+                'resume it alone'
+            )
+    for m in members:
+        if is_chief:
+            m.files.write_config(m.config)
+            m.files.truncate_metrics(start)
+        m.wandb_run = WandbRun(m.config, m.workdir)
+    logging.info('%s; W&B %s', trainer.description, members[0].wandb_run.mode)
 
     progress = Progress(total, start, trainer.examples_per_step, enabled=is_chief)
-    flush = _Flusher(trainer, files, wandb_run, progress, is_chief)
-    last_eval: dict = {}
+    pending: list[tuple[int, int, dict]] = []  # (first step, n, stacked metrics)
+    live = lambda: [m for m in members if m.outcome is None]  # noqa: E731
 
-    def evaluate(step: int) -> dict:
-        nonlocal last_eval
-        out = trainer.evaluate(state, step)
+    def evaluator_of(m: _Member) -> Callable[[Any, int], dict]:
+        return trainer.evaluate if trainer.runs is None else trainer.evaluate[m.index]
+
+    def evaluate_member(m: _Member, step: int) -> dict:
+        out = evaluator_of(m)(_take(trainer, state, m.index), step)
         # Arrays are images (a GAN's samples): W&B shows them; files get the numbers.
         images = {k: v for k, v in out.items() if isinstance(v, np.ndarray)}
         row = {k: v for k, v in out.items() if k not in images}
-        last_eval = {'step': step, **row}
+        m.last_eval = {'step': step, **row}
         if is_chief:
-            files.log_metrics(step, row)
-            wandb_run.log(row, step)
+            m.files.log_metrics(step, row)
+            m.wandb_run.log(row, step)
             if images:
-                wandb_run.log_images(images, step)
+                m.wandb_run.log_images(images, step)
         return row
+
+    def evaluate(step: int) -> None:
+        for m in live():
+            evaluate_member(m, step)
+
+    def diverge(m: _Member, bad_step: int, reason: str) -> None:
+        kept = m.ckpt.latest_step()
+        where = (
+            f'the last good checkpoint (step {kept}) is kept in {m.ckpt.directory}'
+            if kept is not None
+            else 'no checkpoint had been written yet'
+        )
+        message = f'run diverged at step {bad_step}: {reason}; {where}'
+        logging.warning('%s: %s', m.workdir, message)
+        # With one step per call the state is the last good one: evaluate it.
+        results = {}
+        own = _take(trainer, state, m.index)
+        if _finite_on_host(own):
+            out = evaluator_of(m)(own, bad_step - 1)
+            results = {k: v for k, v in out.items() if not isinstance(v, np.ndarray)}
+        if is_chief:
+            m.files.write_summary(
+                {
+                    'status': 'diverged',
+                    'steps': bad_step,
+                    'reason': reason,
+                    'checkpoint': kept,
+                    **results,
+                }
+            )
+        m.ckpt.close()
+        m.wandb_run.finish(exit_code=1)
+        m.outcome = DivergedError(message, bad_step)
+
+    def flush(step: int) -> None:
+        """Logs each live run's mean of the pending steps at `step`; a run whose steps
+        went bad is logged up to its first bad step and stopped."""
+        if not pending:
+            return
+        fetched = jax.device_get([metrics for _, _, metrics in pending])
+        shown = None
+        for m in live():
+            rows = []
+            for (first, n, _), metrics in zip(pending, fetched, strict=True):
+                metrics = _take(trainer, metrics, m.index)
+                rows += [(first + i + 1, {k: v[i] for k, v in metrics.items()}) for i in range(n)]
+            window, logged_at, bad = _window(trainer, rows)
+            m.last_window = window
+            if is_chief:
+                m.files.log_metrics(logged_at, window)
+                m.wandb_run.log(window, logged_at)
+            shown = shown or (logged_at, window.get(trainer.progress_metric, math.nan))
+            if bad is not None:
+                diverge(m, *bad)
+        pending.clear()
+        if shown is not None:
+            progress.update(*shown)
 
     step, compile_s = start, math.nan
     try:
         if start == 0 and 0 in config.eval_steps:
             evaluate(0)
-        while step < total:
+        while step < total and live():
             n = min(trainer.steps_per_call, _next_boundary(step, config, total) - step)
             state, metrics = trainer.train(state, n)
-            flush.add(step, n, metrics)
+            pending.append((step, n, metrics))
             if step == start:  # the first call compiled
                 jax.block_until_ready(state)
                 compile_s = time.perf_counter() - t_start
@@ -251,76 +338,52 @@ def _run(config, workdir: str, trainer: Trainer) -> dict:
                 flush(step)
             if _is_event(step, config.checkpoint_every_steps) and step < total:
                 flush(step)
-                ckpt.save(step, state)
+                for m in live():
+                    m.ckpt.save(step, _take(trainer, state, m.index))
             if _is_event(step, config.eval_every_steps) or step in config.eval_steps:
                 flush(step)
                 evaluate(step)
         flush(step)
     except KeyboardInterrupt:
         progress.close()
-        ckpt.close()
-        kept = ckpt.latest_step()
-        wandb_run.finish(exit_code=130)
-        resume = f'the checkpoint at step {kept}' if kept is not None else 'the start'
+        resumes = []
+        for m in live():
+            m.ckpt.close()
+            kept = m.ckpt.latest_step()
+            m.wandb_run.finish(exit_code=130)
+            resumes.append(f'the checkpoint at step {kept}' if kept is not None else 'the start')
         raise Interrupted(
             f'interrupted during step {step + 1} of {total}; run the same command again to '
-            f'resume from {resume}'
+            f'resume from {", ".join(sorted(set(resumes)))}'
         ) from None
-    except DivergedError as e:
-        progress.close()
-        kept = ckpt.latest_step()
-        where = (
-            f'the last good checkpoint (step {kept}) is kept in {ckpt.directory}'
-            if kept is not None
-            else 'no checkpoint had been written yet'
-        )
-        message = f'run diverged at step {e.step}: {e}; {where}'
-        logging.warning('%s', message)
-        # With one step per call the state is the last good one: evaluate it.
-        results = {}
-        if _finite_on_host(state):
-            out = trainer.evaluate(state, e.step - 1)
-            results = {k: v for k, v in out.items() if not isinstance(v, np.ndarray)}
-        if is_chief:
-            files.write_summary(
-                {
-                    'status': 'diverged',
-                    'steps': e.step,
-                    'reason': str(e),
-                    'checkpoint': kept,
-                    **results,
-                }
-            )
-        ckpt.close()
-        wandb_run.finish(exit_code=1)
-        raise DivergedError(message, e.step) from None
     progress.close()
     trainer.state = state
     train_end = time.perf_counter()
-    if step > start or ckpt.latest_step() != total:
-        ckpt.save(total, state)
-    ckpt.close()
-
-    results = last_eval if last_eval.get('step') == total else {}
-    results = {k: v for k, v in results.items() if k != 'step'} or evaluate(total)
-    last_train = flush.last_window or _last_logged_train(files)
-    summary = {
-        'status': 'finished',
-        'steps': total,
-        **last_train,
-        **results,
-        **(trainer.summary(state) if trainer.summary else {}),
-        'wall_s': time.perf_counter() - t_start,
-        'compile_s': compile_s,
-        'examples_per_s': progress.examples_per_s(step) if step > start else math.nan,
-        'train_s': train_end - t_start,
-    }
-    if is_chief:
-        files.write_summary(summary)
-        wandb_run.summary(summary)
-    wandb_run.finish()
-    logging.info('done: %d steps in %.1f s', total, summary['wall_s'])
-    return summary
+    for m in live():
+        own = _take(trainer, state, m.index)
+        if step > start or m.ckpt.latest_step() != total:
+            m.ckpt.save(total, own)
+        m.ckpt.close()
+        results = m.last_eval if m.last_eval.get('step') == total else {}
+        results = {k: v for k, v in results.items() if k != 'step'} or evaluate_member(m, total)
+        last_train = m.last_window or _last_logged_train(m.files)
+        m.outcome = {
+            'status': 'finished',
+            'steps': total,
+            **last_train,
+            **results,
+            **(trainer.summary(own) if trainer.summary else {}),
+            'wall_s': time.perf_counter() - t_start,
+            'compile_s': compile_s,
+            'examples_per_s': progress.examples_per_s(step) if step > start else math.nan,
+            'train_s': train_end - t_start,
+        }
+        if is_chief:
+            m.files.write_summary(m.outcome)
+            m.wandb_run.summary(m.outcome)
+        m.wandb_run.finish()
+        logging.info('%s done: %d steps in %.1f s', m.workdir, total, m.outcome['wall_s'])
+    return [m.outcome for m in members]
 
 
 def _finite_on_host(tree) -> bool:

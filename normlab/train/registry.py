@@ -9,9 +9,20 @@ TRAINERS = {'classifier': 'normlab.train.classifier', 'gan': 'normlab.train.gan'
 
 
 def trainer_for(config):
+    """The trainer module's ``train_and_evaluate(config, workdir)``."""
+    return _module(config).train_and_evaluate
+
+
+def bundle_trainer_for(config):
+    """The trainer module's ``train_bundle(configs, workdirs)``, or None if its runs only
+    train one at a time."""
+    return getattr(_module(config), 'train_bundle', None)
+
+
+def _module(config):
     name = config.trainer
     if name not in TRAINERS:
         from normlab.train.config_checks import ConfigError
 
         raise ConfigError(f'config.trainer={name!r} is not one of {sorted(TRAINERS)}')
-    return importlib.import_module(TRAINERS[name]).train_and_evaluate
+    return importlib.import_module(TRAINERS[name])

@@ -82,6 +82,12 @@ def initialize(fn: Callable[..., Any], out_shardings, *args):
     (replicated over a multi-process mesh) creates the state where it belongs,
     without the cross-process equality check a `device_put` of host values runs.
     """
+    return compile_init(fn, out_shardings, *args)(*args)
+
+
+def compile_init(fn: Callable[..., Any], out_shardings, *args):
+    """`initialize`'s executable for arguments like `args`, to call for many (a bundle's
+    runs: one compile for every seed)."""
     options = {'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else {}
     jitted = jax.jit(fn, out_shardings=out_shardings)
-    return jitted.lower(*args).compile(compiler_options=options)(*args)
+    return jitted.lower(*args).compile(compiler_options=options)

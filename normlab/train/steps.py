@@ -94,8 +94,14 @@ def make_train_call(
     batch_fn: Callable | None,
     prepare: Callable | None = None,
     options: dict | None = None,
+    bundled: bool = False,
 ):
     """The jitted ``(state, data, seed, n) -> (state, stacked metrics)``, donating state.
+
+    ``bundled``: `state` and `seed` carry a leading run axis (a bundle,
+    `normlab.train.bundle`), and so do the metrics. The `jax.vmap` over runs sits
+    inside `shard_map`, so every collective (gradients, batch statistics) still
+    reduces over the data axis of each run alone.
 
     With a `batch_fn` (device-resident data), ``data`` is the resident arrays, sharded
     over the data axis, and batches are built on the devices (after ``prepare``, see
@@ -104,6 +110,8 @@ def make_train_call(
     """
     data_spec = P(DATA_AXIS) if batch_fn is not None else P(None, DATA_AXIS)
     body = scan_steps(step_fn, batch_fn or row_of_stacked, steps_per_call, prepare)
+    if bundled:
+        body = jax.vmap(body, in_axes=(0, None, 0, None))
     sharded = jax.shard_map(
         body, mesh=mesh, in_specs=(P(), data_spec, P(), P()), out_specs=(P(), P())
     )

@@ -21,7 +21,7 @@ import time
 
 from scripts.bench import common, report
 
-BENCHMARKS = ('norms', 'training', 'scaling', 'demo', 'dispatch')
+BENCHMARKS = ('norms', 'training', 'scaling', 'demo', 'dispatch', 'bundles')
 
 
 def main(argv=None) -> int:

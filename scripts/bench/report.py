@@ -243,12 +243,30 @@ def dispatch(result: dict) -> str:
     return _table(header, rows)
 
 
+def bundles(result: dict) -> str:
+    rows = [
+        [
+            r['runs'],
+            r['steps'],
+            f'{r["solo_s_per_run"]:.2f}',
+            f'{r["bundle_s_per_run"]:.2f}',
+            _ratio(r['speedup']),
+            'yes' if r['same_eval_errors'] else 'NO',
+            f'{r["load_before"][0]} -> {r["load_after"][0]}',
+        ]
+        for r in result['rows']
+    ]
+    header = ['runs', 'steps', 'solo s/run', 'bundle s/run', 'speedup', 'same errors', 'load']
+    return _table(header, rows)
+
+
 RENDER = {
     'norms': norms,
     'training': training,
     'scaling': scaling,
     'demo': demo,
     'dispatch': dispatch,
+    'bundles': bundles,
 }
 
 

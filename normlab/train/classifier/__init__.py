@@ -14,6 +14,7 @@ batch is built inside the compiled step; otherwise `tf.data` streams it.
 
 from __future__ import annotations
 
+import json
 import math
 
 import jax
@@ -25,11 +26,11 @@ from jax.experimental import multihost_utils
 
 from normlab import data, models, norms, parallel
 from normlab.data import resident
-from normlab.train import config_checks, loop, optim
+from normlab.train import bundle, config_checks, loop, optim
 from normlab.train import steps as multi_step
 from normlab.train.classifier import steps
 from normlab.train.classifier.evaluate import Evaluator
-from normlab.train.state import TrainState, initialize
+from normlab.train.state import TrainState, compile_init
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
@@ -91,15 +92,20 @@ def validate(config: ml_collections.ConfigDict, workdir: str) -> None:
         raise config_checks.ConfigError(str(e).strip().splitlines()[0]) from e
 
 
+def abstract_state(model, tx, image_shape) -> TrainState:
+    """The shapes and dtypes of a run's initial state (nothing is computed)."""
+    dummy = jnp.zeros((2, *image_shape), jnp.float32)
+    return jax.eval_shape(
+        lambda: TrainState.create(model.init(jax.random.key(0, impl='rbg'), dummy, train=False), tx)
+    )
+
+
 def trace_train_step(config, model, spec) -> None:
     """Traces (no compile) the init and one train step with abstract inputs."""
     total_steps, steps_per_epoch = num_train_steps(config, data_dir=config.data_dir)
     lr_fn = optim.schedule(config, total_steps, steps_per_epoch)
     tx = optim.make_optimizer(config, lr_fn)
-    dummy = jnp.zeros((2, *spec.image_shape), jnp.float32)
-    state = jax.eval_shape(
-        lambda: TrainState.create(model.init(jax.random.key(0, impl='rbg'), dummy, train=False), tx)
-    )
+    state = abstract_state(model, tx, spec.image_shape)
     step_fn = steps.train_step_fn(model, tx, lr_fn, record_grad_norms=config.record_grad_norms)
     call = multi_step.make_train_call(
         step_fn, parallel.data_mesh(), steps_per_call=1, batch_fn=None
@@ -114,6 +120,11 @@ def trace_train_step(config, model, spec) -> None:
 
 
 def init_state(config, model, tx, mesh, image_shape) -> TrainState:
+    return init_states([config], model, tx, mesh, image_shape)[0]
+
+
+def init_states(configs, model, tx, mesh, image_shape) -> list[TrainState]:
+    """Each config's initial state from its seed, all by one compiled init."""
     dummy = jnp.zeros((2, *image_shape), jnp.float32)
 
     def init(key_data):  # an argument, so every seed shares one executable
@@ -121,22 +132,87 @@ def init_state(config, model, tx, mesh, image_shape) -> TrainState:
         key = jax.random.wrap_key_data(key_data, impl='rbg')
         return TrainState.create(model.init(key, dummy, train=False), tx)
 
-    key_data = np.asarray(jax.random.key_data(jax.random.key(config.seed, impl='rbg')))
+    keys = [np.asarray(jax.random.key_data(jax.random.key(c.seed, impl='rbg'))) for c in configs]
     if jax.process_count() > 1:  # the one thing that must agree: the seed, checked cheaply
-        multihost_utils.assert_equal(key_data, f'seed={config.seed} differs between processes')
-    return initialize(init, parallel.replicated(mesh), key_data)
+        for c, key_data in zip(configs, keys, strict=True):
+            multihost_utils.assert_equal(key_data, f'seed={c.seed} differs between processes')
+    compiled = compile_init(init, parallel.replicated(mesh), keys[0])
+    return [compiled(key_data) for key_data in keys]
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains and evaluates a classifier; returns the summary (also in summary.json)."""
-    validate(config, workdir)
+    (outcome,) = _train([config], [workdir], bundled=False)
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+def train_bundle(configs, workdirs) -> list:
+    """Trains runs that differ only in `normlab.train.bundle.BUNDLE_KEYS` as bundles;
+    returns per run its summary or its error (`DivergedError`, `ConfigError`).
+
+    Fresh runs on device-resident data train together, in bundles whose stacked state
+    fits `bundle.STATE_BUDGET_BYTES`; a run with a checkpoint resumes alone (a finished
+    one is reported), and streamed data trains one run at a time. Each run's files and
+    numbers are those of its solo run.
+    """
+    bundle.check_bundle([json.loads(c.to_json()) for c in configs])
+    outcomes: list = [None] * len(configs)
+    fresh = [i for i, w in enumerate(workdirs) if len(configs) > 1 and not bundle.has_checkpoint(w)]
+    resident_data = bool(fresh) and resident.on_device(
+        configs[0].dataset,
+        configs[0].data_placement,
+        budget_mb=configs[0].device_data_mb,
+        num_devices=jax.device_count(),
+        data_dir=configs[0].data_dir,
+    )
+    chunks = []
+    if resident_data and len(fresh) > 1:
+        chunks = bundle.split_by_memory(fresh, _state_bytes(configs[0]), bundle.STATE_BUDGET_BYTES)
+        chunks = [chunk for chunk in chunks if len(chunk) > 1]
+    bundled = {i for chunk in chunks for i in chunk}
+    chunks += [[i] for i in range(len(configs)) if i not in bundled]
+    for chunk in sorted(chunks):
+        try:
+            results = _train(
+                [configs[i] for i in chunk], [workdirs[i] for i in chunk], bundled=len(chunk) > 1
+            )
+        except (config_checks.ConfigError, loop.DivergedError) as e:
+            results = [e] * len(chunk)
+        for i, result in zip(chunk, results, strict=True):
+            outcomes[i] = result
+    return outcomes
+
+
+def _state_bytes(config) -> int:
+    """Bytes of one run's train state (from shapes only, nothing is computed)."""
+    spec = data.get_spec(config.dataset)
+    model = build_model(config, spec.num_classes)
+    total_steps, steps_per_epoch = num_train_steps(config, data_dir=config.data_dir)
+    tx = optim.make_optimizer(config, optim.schedule(config, total_steps, steps_per_epoch))
+    state = abstract_state(model, tx, spec.image_shape)
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+
+
+def _train(configs, workdirs, *, bundled: bool) -> list:
+    """The runs of `configs` as one program: a bundle (a leading run axis) or one solo run."""
+    for c, w in zip(configs, workdirs, strict=True):
+        if c is configs[0]:
+            validate(c, w)
+        else:  # the rest differ only in seed and bookkeeping: the traced checks hold
+            config_checks.check_classifier_config(c, jax.device_count())
+            config_checks.check_workdir(w)
+            config_checks.check_resume(c, w)
+    config = configs[0]
     mesh = parallel.data_mesh()
     spec = data.get_spec(config.dataset)
     total_steps, steps_per_epoch = num_train_steps(config, data_dir=config.data_dir)
     model = build_model(config, spec.num_classes)
     lr_fn = optim.schedule(config, total_steps, steps_per_epoch)
     tx = optim.make_optimizer(config, lr_fn)
-    state = init_state(config, model, tx, mesh, spec.image_shape)
+    states = init_states(configs, model, tx, mesh, spec.image_shape)
+    state = jax.tree.map(lambda *xs: jnp.stack(xs), *states) if bundled else states[0]
 
     on_device = resident.on_device(
         config.dataset,
@@ -145,6 +221,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         num_devices=mesh.devices.size,
         data_dir=config.data_dir,
     )
+    if bundled and not on_device:
+        raise config_checks.ConfigError('only runs on device-resident data train in a bundle')
     load = lambda split: resident.load(config.dataset, split, mesh, data_dir=config.data_dir)  # noqa: E731
     train_split = load(spec.train_split) if on_device else None
     eval_split = load(spec.eval_split) if on_device else None
@@ -160,8 +238,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             else {'batch_fn': None}
         ),
         options=multi_step.compiler_options(config),
+        bundled=bundled,
     )
-    seed = np.int32(config.seed)
+    seeds = np.asarray([c.seed for c in configs], np.int32)
+    seed = seeds if bundled else seeds[0]
     host_batches = None
 
     def train(state, n):
@@ -185,24 +265,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     evaluator = Evaluator(
         config, model, mesh, train_split=train_split, eval_split=eval_split, fused=k > 1
     )
-    params = optim.count_params(state.params)
+    evaluates = [lambda state, step, seed=c.seed: evaluator(state, seed=seed) for c in configs]
+    params = optim.count_params(states[0].params)
+    runs = f'{len(configs)} runs in one bundle, ' if bundled else ''
     trainer = loop.Trainer(
         state=state,
         total_steps=total_steps,
         examples_per_step=config.batch_size,
         steps_per_call=k,
         train=train,
-        evaluate=lambda state, step: evaluator(state),
+        evaluate=evaluates if bundled else evaluates[0],
         description=(
-            f'{config.model} on {config.dataset} ({"on the devices" if on_device else "streamed"})'
-            f', norm {config.norm.name}: {params} params, {total_steps} steps of '
-            f'{config.batch_size} on {jax.device_count()} device(s), {k} per call'
+            f'{runs}{config.model} on {config.dataset} '
+            f'({"on the devices" if on_device else "streamed"}), norm {config.norm.name}: '
+            f'{params} params, {total_steps} steps of {config.batch_size} on '
+            f'{jax.device_count()} device(s), {k} per call'
         ),
         summary=lambda state: {'params': params},
+        runs=len(configs) if bundled else None,
     )
-    summary = loop.run(config, workdir, trainer)
-    logging.info('eval error %.4f', summary['eval/error'])
-    return summary
+    outcomes = loop.run_bundle(configs, workdirs, trainer)
+    for workdir, outcome in zip(workdirs, outcomes, strict=True):
+        if isinstance(outcome, dict):
+            logging.info('%s: eval error %.4f', workdir, outcome['eval/error'])
+    return outcomes
 
 
 def _convolutional(model, spec) -> bool:

@@ -45,7 +45,11 @@ def _pad_with_real_rows(batch: dict) -> dict:
 
 
 class Evaluator:
-    """``evaluator(state) -> metrics`` for every mode of ``config.eval_modes``."""
+    """``evaluator(state) -> metrics`` for every mode of ``config.eval_modes``.
+
+    ``evaluator(state, seed=s)`` evaluates a run of seed ``s`` (a bundle's runs share
+    one evaluator): precise BN draws its batches from that run's stream.
+    """
 
     def __init__(self, config, model, mesh, *, train_split, eval_split, fused: bool):
         self.config, self.model, self.mesh = config, model, mesh
@@ -94,7 +98,6 @@ class Evaluator:
                 train_split,
                 config.batch_size,
                 config.precise_bn_batches,
-                seed=config.seed + PRECISE_SEED_OFFSET,
                 augment=config.augment,
                 fused=fused,
             )
@@ -135,10 +138,10 @@ class Evaluator:
             self._running_step, variables, self.config.eval_batch_size, split=split
         )
 
-    def precise_stats(self, variables) -> dict:
-        seed = self.config.seed + PRECISE_SEED_OFFSET
+    def precise_stats(self, variables, run_seed: int) -> dict:
+        seed = run_seed + PRECISE_SEED_OFFSET
         if self.train_split is not None:
-            moments = self._moments(variables, self.train_split.arrays)
+            moments = self._moments(variables, self.train_split.arrays, np.int32(seed))
             fn, batches = (lambda v, _: moments), [None]
         else:
             fn = self._moments_step
@@ -184,7 +187,8 @@ class Evaluator:
                 out[f'{name}/unit0/p{q}'] = float(np.percentile(unit0, q))
         return out
 
-    def __call__(self, state) -> dict:
+    def __call__(self, state, seed: int | None = None) -> dict:
+        seed = self.config.seed if seed is None else seed
         variables = state.variables()
         has_stats = 'batch_stats' in variables
         out = {}
@@ -196,7 +200,7 @@ class Evaluator:
             used = variables
             if mode == 'precise' and has_stats:
                 if precise is None:
-                    precise = parallel.replicate(self.mesh, self.precise_stats(variables))
+                    precise = parallel.replicate(self.mesh, self.precise_stats(variables, seed))
                 used = {**variables, 'batch_stats': precise}
             loss, correct, count = self._sums(
                 mode if has_stats else 'running', used, on_train=on_train

@@ -124,33 +124,33 @@ def resident_batches(
 
 
 def over_batches(mesh: Mesh, body: Callable, num_batches: int, *, fused: bool) -> Callable:
-    """``(variables, data) -> sum over j < num_batches of body(variables, data, j)``.
+    """``(variables, data, extra) -> sum over j < num_batches of body(variables, data,
+    extra, j)``.
 
     `body` runs per device inside `shard_map` (its results already reduced over the
-    data axis). ``fused``: one call with a `lax.scan` over the batches; else one
+    data axis); ``data`` is sharded over the data axis, ``extra`` (a tuple, e.g. a
+    seed) replicated. ``fused``: one call with a `lax.scan` over the batches; else one
     jitted call per batch (convolutions on CPU), summed on the devices.
     """
+    specs = (P(), P(DATA_AXIS), P())
     if fused:
 
-        def whole(variables, data):
-            zero = jax.tree.map(
-                lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(body, variables, data, 0)
-            )
+        def whole(variables, data, extra):
+            shapes = jax.eval_shape(body, variables, data, extra, 0)
+            zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
             def one(total, j):
-                return jax.tree.map(jnp.add, total, body(variables, data, j)), None
+                return jax.tree.map(jnp.add, total, body(variables, data, extra, j)), None
 
             return lax.scan(one, zero, jnp.arange(num_batches))[0]
 
-        return jax.jit(jax.shard_map(whole, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=P()))
-    per_batch = jax.jit(
-        jax.shard_map(body, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()), out_specs=P())
-    )
+        return jax.jit(jax.shard_map(whole, mesh=mesh, in_specs=specs, out_specs=P()))
+    per_batch = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(*specs, P()), out_specs=P()))
 
-    def looped(variables, data):
-        total = per_batch(variables, data, 0)
+    def looped(variables, data, extra):
+        total = per_batch(variables, data, extra, 0)
         for j in range(1, num_batches):
-            total = jax.tree.map(jnp.add, total, per_batch(variables, data, j))
+            total = jax.tree.map(jnp.add, total, per_batch(variables, data, extra, j))
         return total
 
     return looped
@@ -178,12 +178,14 @@ def make_resident_eval(
     (train-mode norms) and throws their updates away.
     """
 
-    def body(variables, arrays, j):
+    def body(variables, arrays, extra, j):
+        del extra
         batch = resident.eval_batch(arrays, j, split=split, batch_size=batch_size)
         logits = _logits(model, variables, batch['image'], batch_statistics=batch_statistics)
         return lax.psum(_sums(logits, batch['label'], batch['mask']), DATA_AXIS)
 
-    return over_batches(mesh, body, resident.num_eval_batches(split, batch_size), fused=fused)
+    total = over_batches(mesh, body, resident.num_eval_batches(split, batch_size), fused=fused)
+    return lambda variables, arrays: total(variables, arrays, ())
 
 
 def make_eval_step(model: nn.Module, mesh: Mesh, *, batch_statistics: bool = False):
@@ -223,15 +225,15 @@ def make_resident_moments(
     batch_size: int,
     num_batches: int,
     *,
-    seed: int,
     augment: bool,
     fused: bool,
 ):
-    """``(variables, arrays) -> moments`` averaged over `num_batches` training batches
-    of the stream of `seed`, as training draws them."""
+    """``(variables, arrays, seed) -> moments`` averaged over `num_batches` training
+    batches of the stream of `seed`, as training draws them."""
     moments = _device_moments(model)
 
-    def body(variables, arrays, j):
+    def body(variables, arrays, extra, j):
+        (seed,) = extra
         plan = resident.epoch_plan(
             seed, j, num_batches=1, batch_size=batch_size, num_examples=split.num_examples
         )
@@ -241,8 +243,8 @@ def make_resident_moments(
         return moments(variables, batch['image'])
 
     total = over_batches(mesh, body, num_batches, fused=fused)
-    return lambda variables, arrays: jax.tree.map(
-        lambda t: t / num_batches, total(variables, arrays)
+    return lambda variables, arrays, seed: jax.tree.map(
+        lambda t: t / num_batches, total(variables, arrays, (seed,))
     )
 
 

@@ -1,0 +1,97 @@
+"""Benchmark 6: N identical runs as one bundle (one vmapped program) against N solo runs.
+
+The digits 3x100 ReLU MLP with BatchNorm at batch 32 (`configs/digits_mlp.py`, 10
+epochs, 449 steps; ``--quick``: 2 epochs) trained N times with seeds 0..N-1:
+
+* ``solo``: N calls of `normlab.train.classifier.train_and_evaluate` in one process,
+  one after another (what a sweep worker does with ``--bundle=1``);
+* ``bundle``: one `normlab.train.classifier.train_bundle` of the N runs (the sweep's
+  default), each run still writing its own files.
+
+Both are timed end to end (build, compile, train, evaluate, checkpoints, files),
+after one warm-up run: seconds per run is the wall time over N. With N=1 both are
+the same solo run (``train_bundle`` of one run trains it alone).
+
+    python -m scripts.bench.bundles [--quick] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+import time
+
+from scripts.bench import common
+
+
+def _configs(n: int, epochs: float):
+    from configs import digits_mlp
+
+    out = []
+    for seed in range(n):
+        config = digits_mlp.get_config()
+        config.wandb.mode = 'disabled'
+        config.num_epochs = epochs
+        config.seed = seed
+        out.append(config)
+    return out
+
+
+def _time(n: int, epochs: float, bundled: bool) -> tuple[float, list[dict]]:
+    import jax
+
+    from normlab.train import classifier
+
+    configs = _configs(n, epochs)
+    with tempfile.TemporaryDirectory(prefix='normlab-bundle-bench-') as tmp:
+        workdirs = [os.path.join(tmp, f'run{i}') for i in range(n)]
+        t0 = time.perf_counter()
+        if bundled:
+            summaries = classifier.train_bundle(configs, workdirs)
+        else:
+            summaries = [
+                classifier.train_and_evaluate(c, w) for c, w in zip(configs, workdirs, strict=True)
+            ]
+        wall = time.perf_counter() - t0
+    jax.clear_caches()  # as the sweep worker does between jobs
+    return wall, summaries
+
+
+def run(args) -> dict:
+    from normlab import runtime
+
+    runtime.setup()
+    epochs = 2.0 if args.quick else 10.0
+    sizes = (1, 4) if args.quick else (1, 4, 16)
+    out = {'benchmark': 'bundles', 'description': __doc__.splitlines()[0], 'rows': []}
+    _time(1, epochs, bundled=False)  # warm-up: the process's first run pays one-off costs
+    for n in sizes:
+        load = common.load()
+        solo_s, solo = _time(n, epochs, bundled=False)
+        bundle_s, bundled = _time(n, epochs, bundled=True)
+        errors = [s['eval/error'] for s in solo] == [s['eval/error'] for s in bundled]
+        row = {
+            'runs': n,
+            'steps': solo[0]['steps'],
+            'solo_s_per_run': round(solo_s / n, 2),
+            'bundle_s_per_run': round(bundle_s / n, 2),
+            'speedup': round(solo_s / bundle_s, 2),
+            'same_eval_errors': errors,
+            'load_before': load,
+            'load_after': common.load(),
+        }
+        out['rows'].append(row)
+        print(
+            f'  {n} runs of {row["steps"]} steps: solo {row["solo_s_per_run"]:.2f} s/run, '
+            f'bundle {row["bundle_s_per_run"]:.2f} s/run ({row["speedup"]:.2f}x; same eval '
+            f'errors: {errors}; load {load[0]} -> {row["load_after"][0]})',
+            flush=True,
+        )
+    return out
+
+
+main = functools.partial(common.main, run, None, __doc__)
+
+if __name__ == '__main__':
+    main()
