@@ -114,21 +114,22 @@ def test_rerun_skips_finished_resumes_interrupted_and_reports_failures(swept, tm
     interrupted = 'norm=none,batch_size=4,seed=0'
     # Killed after its last checkpoint, before writing its summary.
     os.remove(os.path.join(copy, interrupted, 'summary.json'))
-    # The same study plus a point the trainer refuses (3 does not divide the batch of 4).
-    failing = "{'norm.name': 'batch_norm', 'batch_size': 4, 'norm.virtual_batch_size': 3}"
+    # The same study plus a point only the trainer can refuse, when it builds the model
+    # (3 groups do not divide the 20 hidden units); bad values are refused up front.
+    failing = "{'norm.name': 'group_norm', 'batch_size': 4, 'norm.num_groups': 3}"
     study = write_study(str(tmp_path), f'grid.union({TINY_GRID}, ({failing},))', 'plus.py')
 
     printed = []
     assert workflows.run_sweep(study, copy, log_wandb=False, echo=printed.append) == 1
     assert '3 already done, 2 to run' in printed[0]
-    bad = 'norm=batch_norm,batch_size=4,virtual_batch_size=3,seed=0'
+    bad = 'norm=group_norm,batch_size=4,num_groups=3,seed=0'
     assert sorted(line.split(': ')[0][6:] for line in printed if line.startswith('[')) == sorted(
         [interrupted, bad]
     )
     assert any('1 of 5 runs failed' in line for line in printed)
     assert 'resumed from the checkpoint' in open(os.path.join(copy, interrupted, 'log.txt')).read()
     after = {r['run']: r for r in read_results(copy)}
-    assert after[bad]['status'] == 'failed' and 'virtual_batch_size=3' in after[bad]['message']
+    assert after[bad]['status'] == 'failed' and 'num_groups=3' in after[bad]['message']
     assert bad in open(os.path.join(copy, 'report.md')).read()
     for name, row in before.items():
         assert after[name]['status'] == 'finished'
@@ -202,7 +203,8 @@ def test_bad_study_files_fail_with_one_clear_line(tmp_path):
         (TINY_GRID.replace('[4, 8]', '[4, 0]'), ['batch_size=0']),
         (
             TINY_GRID.replace(
-                "grid.axis('batch_size', [4, 8])", "grid.axis('learning_rate', [0.1, float('inf')])"
+                "grid.axis('batch_size', [4, 8])",
+                "grid.axis('batch_size', [4, 8]), grid.axis('learning_rate', [0.1, float('inf')])",
             ),
             ['learning_rate=inf'],
         ),
