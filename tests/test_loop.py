@@ -4,6 +4,7 @@ import glob
 import hashlib
 import json
 import os
+import shutil
 import signal
 import time
 
@@ -233,3 +234,63 @@ def test_online_wandb_without_network_logs_offline_without_waiting(tmp_path, mon
     run.finish()
     assert run.mode == 'offline' and started < 20, (run.mode, started)
     assert glob.glob(str(tmp_path / 'wandb' / 'offline-run-*'))
+
+
+def _damage(newest, how):
+    if how == 'truncated data':
+        for path in glob.glob(str(newest / 'default' / '**' / 'd' / '*'), recursive=True):
+            with open(path, 'r+b') as f:
+                f.truncate(os.path.getsize(path) // 2)
+    elif how == 'no _METADATA':
+        os.remove(newest / 'default' / '_METADATA')
+    elif how == 'no default/':
+        shutil.rmtree(newest / 'default')
+    elif how == 'non-finite values':
+        import orbax.checkpoint as ocp
+
+        with ocp.StandardCheckpointer() as ckptr:
+            state = ckptr.restore(newest / 'default')
+            state['opt_state'] = jax.tree.map(lambda x: x * np.nan, state['opt_state'])
+            shutil.rmtree(newest / 'default')
+            ckptr.save(newest / 'default', state)
+
+
+@pytest.mark.parametrize(
+    'how', ['truncated data', 'no _METADATA', 'no default/', 'non-finite values']
+)
+def test_a_damaged_newest_checkpoint_is_moved_aside_and_an_older_one_resumes(tmp_path, how):
+    c = mlp_config()  # 6 steps, checkpoints at 3 and 6
+    full = classifier.train_and_evaluate(c, str(tmp_path / 'full'))
+    run = tmp_path / 'run'
+    classifier.train_and_evaluate(c, str(run))
+    os.remove(run / 'summary.json')  # as a kill after the last checkpoint leaves it
+    _damage(run / 'checkpoints' / '6', how)
+    resumed = classifier.train_and_evaluate(c, str(run))
+    assert metrics_only(resumed) == metrics_only(full)
+    assert (run / 'checkpoints' / 'damaged-6').is_dir()  # kept, not deleted
+    assert rows(run) == rows(tmp_path / 'full')
+
+
+def test_a_second_run_on_a_busy_workdir_is_refused(tmp_path):
+    from normlab.train import ConfigError, loop
+
+    with loop.owned(str(tmp_path)):
+        with pytest.raises(ConfigError, match='is in use by another run'):
+            classifier.train_and_evaluate(mlp_config(), str(tmp_path))
+    # Released: the workdir can be used again, also after a killed owner (the kernel
+    # drops a dead process's flock).
+    classifier.train_and_evaluate(mlp_config(), str(tmp_path))
+    proc = launch(
+        [*MLP_ARGS, '--config.num_train_steps=600', f'--workdir={tmp_path / "k"}'], background=True
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp_path / 'k' / 'config.json').exists():
+        time.sleep(0.05)
+    second = launch(
+        [*MLP_ARGS, f'--workdir={tmp_path / "k"}', '--config.num_train_steps=600'], check=False
+    )
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert second.returncode == 2 and 'is in use by another run' in second.stderr
+    assert len([x for x in second.stderr.splitlines() if x.startswith('error:')]) == 1
+    launch([*MLP_ARGS, f'--workdir={tmp_path / "k"}', '--config.num_train_steps=600'])

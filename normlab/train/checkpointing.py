@@ -52,9 +52,13 @@ class Checkpointer:
     def __init__(self, workdir: str, *, keep: int):
         quiet_libraries()
         self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
-        self.manager = ocp.CheckpointManager(
+        self.keep = keep
+        self.manager = self._open()
+
+    def _open(self) -> ocp.CheckpointManager:
+        return ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            options=ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True),
         )
 
     def latest_step(self) -> int | None:
@@ -98,7 +102,10 @@ class Checkpointer:
             n += 1
             dst = os.path.join(self.directory, f'damaged-{step}.{n}')
         os.rename(src, dst)
-        self.manager.reload()  # forget the step that is no longer there
+        # A fresh manager: one that read a damaged step may have inferred its layout
+        # from it.
+        self.manager.close()
+        self.manager = self._open()
         return dst
 
     def close(self) -> None:

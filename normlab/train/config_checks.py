@@ -8,6 +8,7 @@ import math
 import os
 import socket
 
+import jax.numpy as jnp
 import ml_collections
 
 from normlab import data, models, norms
@@ -16,7 +17,8 @@ from normlab.data import resident
 EVAL_MODES = ('running', 'precise', 'batch')
 OPTIMIZERS = ('sgd', 'adam', 'adamw')
 SCHEDULES = ('constant', 'cosine', 'step')
-DTYPES = ('float32', 'bfloat16')
+# Compute dtypes a config may name, and what they are.
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 WANDB_MODES = ('auto', 'online', 'offline', 'disabled')
 
 
@@ -74,7 +76,7 @@ def check_classifier_config(config: ml_collections.ConfigDict, num_devices: int)
     choice('norm.name', config.norm.name, list(norms.NORMS))
     choice('optimizer', config.optimizer, OPTIMIZERS)
     choice('schedule', config.schedule, SCHEDULES)
-    choice('dtype', config.dtype, DTYPES)
+    choice('dtype', config.dtype, list(DTYPES))
     choice('lr_scaling', config.lr_scaling, ('linear', 'none'))
     choice('wandb.mode', config.wandb.mode, WANDB_MODES)
     eval_modes(config)

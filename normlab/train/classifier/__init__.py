@@ -30,16 +30,16 @@ from normlab.train import bundle, config_checks, loop, optim
 from normlab.train import steps as multi_step
 from normlab.train.classifier import steps
 from normlab.train.classifier.evaluate import Evaluator
+from normlab.train.config_checks import DTYPES
 from normlab.train.state import TrainState, compile_init
-
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 def build_norm(config: ml_collections.ConfigDict) -> norms.ModuleDef:
     """The norm factory: the norm's own options from ``config.norm``, the data axis.
 
-    Options the chosen norm does not take are skipped (logged once), so one
-    config can sweep over norms.
+    Options the chosen norm does not take are skipped (an info line lists them each
+    time a model is built), so one config can sweep over norms;
+    ``norm.weight_standardization`` is not a norm option: `build_model` uses it.
     """
     fields = set(norms.norm_fields(config.norm.name))
     options = {

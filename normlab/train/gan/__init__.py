@@ -44,7 +44,8 @@ from normlab import data, models, parallel
 from normlab.data import resident
 from normlab.train import config_checks, loop, optim
 from normlab.train import steps as multi_step
-from normlab.train.classifier import DTYPES, build_norm
+from normlab.train.classifier import build_norm
+from normlab.train.config_checks import DTYPES
 from normlab.train.gan import checks as gan_checks
 from normlab.train.gan.evaluate import GANEvaluator
 from normlab.train.gan.feature_classifier import load_or_train

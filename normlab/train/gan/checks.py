@@ -52,7 +52,7 @@ def check_gan_config(config: ml_collections.ConfigDict, num_devices: int) -> Non
     """Raises ConfigError on the first bad value."""
     choice('dataset', config.dataset, list(data.SPECS))
     choice('loss', config.loss, list(LOSSES))
-    choice('dtype', config.dtype, DTYPES)
+    choice('dtype', config.dtype, list(DTYPES))
     choice('wandb.mode', config.wandb.mode, WANDB_MODES)
     choice('generator.eval_norm_stats', config.generator.eval_norm_stats, EVAL_NORM_STATS)
     g, d = config.generator, config.discriminator
