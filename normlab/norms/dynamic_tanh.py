@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax.typing import Dtype, Initializer
 
+from normlab.norms import functional as F
 from normlab.norms.affine import affine_params, output_dtype
 
 
@@ -70,7 +71,9 @@ class DynamicTanh(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, mask=None):
-        del mask  # elementwise: a masked position influences nothing else
+        # Elementwise, so a masked position influences no other output; zeroing it
+        # keeps NaN padding out of the parameters' gradients (0 * NaN is NaN).
+        x = F.fill_masked(x, mask)
         c = x.shape[-1]
         scale, bias = affine_params(self, (c,), (1,) * (x.ndim - 1) + (c,))
         alpha = self.param('alpha', nn.initializers.constant(self.alpha_init), (), self.param_dtype)
