@@ -81,6 +81,16 @@ def expected_cells(name: str, result: dict):
                 {'cache': r['cache']},
                 {'wall s': f'{r["wall_s"]:.0f}', 'finished runs': str(r['runs'])},
             )
+    elif name == 'dispatch':
+        for r in result['rows']:
+            yield (
+                {'case': r['case']},
+                {
+                    'normlab train s': f'{r["normlab_s"]:.2f}',
+                    'reference s': f'{r["reference_s"]:.2f}',
+                    'ratio': f'{r["ratio"]:.2f}',
+                },
+            )
     elif name == 'bundles':
         for r in result['rows']:
             yield (
