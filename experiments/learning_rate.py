@@ -24,7 +24,8 @@ from normlab.config import parse_arg
 from normlab.studies import Report, Study, grid
 from normlab.studies.report import number
 
-RATES = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+# Quarter-decade steps (about 1.8x), rounded to two digits.
+RATES = (0.01, 0.018, 0.032, 0.056, 0.1, 0.18, 0.32, 0.56, 1.0, 1.8, 3.2)
 NORMS = ('batch_norm', 'group_norm', 'layer_norm', 'batch_renorm', 'none')
 NAMES = {
     'batch_norm': 'BatchNorm',
@@ -109,7 +110,7 @@ def findings(table) -> list[str]:
 
 
 def get_study(arg=None):
-    arg = parse_arg(arg, seeds=2, epochs=10.0, smoke=False)
+    arg = parse_arg(arg, seeds=5, epochs=10.0, smoke=False)
     config = 'configs/digits_mlp.py:act=relu' + (',smoke=True' if arg.smoke else '')
     rates = (0.1, 3.0) if arg.smoke else RATES
     fixed = {'batch_size': 32, 'lr_scaling': 'none'}

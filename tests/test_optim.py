@@ -102,7 +102,7 @@ def test_weight_decay_reaches_exactly_the_masked_parameters(params, optimizer):
     """With zero gradients an update is pure decay: ``-lr * wd * w`` on kernels only."""
     c = config(optimizer=optimizer, weight_decay=0.1, momentum=0.0, lr_scaling='none')
     params = jax.tree.map(lambda p: p + 1.0, params)  # no zero-initialized leaf
-    tx = optim.make_optimizer(c, optax.constant_schedule(c.learning_rate))
+    tx = optim.make_optimizer(c, optax.constant_schedule(1.0))
     zeros = jax.tree.map(jnp.zeros_like, params)
     updates, _ = tx.update(zeros, tx.init(params), params)
     flat_params = traverse_util.flatten_dict(params)

@@ -1,10 +1,21 @@
-"""The optimizer and learning-rate schedule a config asks for (optax)."""
+"""The optimizer and learning-rate schedule a config asks for (optax).
+
+The scalars in `HYPERPARAMS` live in the optimizer state
+(`optax.inject_hyperparams`), not in the compiled program: runs that differ only
+in them share one program, and a bundle (`normlab.train.bundle`) trains them
+together with one value per run. What of them still shapes the program (whether
+there is a momentum buffer or a decay term at all) is read from the config.
+"""
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import traverse_util
+
+# Config keys whose values are traced optimizer state (`hyperparams`).
+HYPERPARAMS = ('learning_rate', 'weight_decay', 'momentum', 'b1', 'b2')
 
 
 def scaled_learning_rate(config) -> float:
@@ -17,21 +28,40 @@ def scaled_learning_rate(config) -> float:
     return config.learning_rate
 
 
-def schedule(config, total_steps: int, steps_per_epoch: int) -> optax.Schedule:
-    peak = scaled_learning_rate(config)
+def hyperparams(config) -> dict[str, jax.Array]:
+    """This run's values of `HYPERPARAMS` (``learning_rate``: the scaled peak)."""
+    values = {k: config[k] for k in HYPERPARAMS}
+    values['learning_rate'] = scaled_learning_rate(config)
+    return {k: jnp.float32(v) for k, v in values.items()}
+
+
+def schedule_shape(config, total_steps: int, steps_per_epoch: int) -> optax.Schedule:
+    """The learning-rate schedule at a peak of 1: the peak multiplies it."""
     warmup = min(int(config.warmup_epochs * steps_per_epoch), max(total_steps - 1, 0))
     if config.schedule == 'cosine':
-        main = optax.cosine_decay_schedule(peak, max(total_steps - warmup, 1))
+        main = optax.cosine_decay_schedule(1.0, max(total_steps - warmup, 1))
     elif config.schedule == 'step':
         boundaries = {
             int(f * total_steps) - warmup: config.step_factor for f in config.step_boundaries
         }
-        main = optax.piecewise_constant_schedule(peak, boundaries)
+        main = optax.piecewise_constant_schedule(1.0, boundaries)
     else:
-        main = optax.constant_schedule(peak)
+        main = optax.constant_schedule(1.0)
     if warmup == 0:
         return main
-    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), main], [warmup])
+    return optax.join_schedules([optax.linear_schedule(0.0, 1.0, warmup), main], [warmup])
+
+
+def schedule(config, total_steps: int, steps_per_epoch: int) -> optax.Schedule:
+    """The learning rate at each step: the config's peak times `schedule_shape`."""
+    shape, peak = schedule_shape(config, total_steps, steps_per_epoch), hyperparams(config)
+    return lambda step: peak['learning_rate'] * shape(step)
+
+
+def learning_rate_of(shape: optax.Schedule):
+    """``state -> the learning rate its step applies``, for a state whose optimizer
+    `make_optimizer` made with `shape`."""
+    return lambda state: state.opt_state.hyperparams['learning_rate'] * shape(state.step)
 
 
 def decay_mask(params, decay_norm_and_bias: bool):
@@ -45,27 +75,39 @@ def decay_mask(params, decay_norm_and_bias: bool):
     return traverse_util.unflatten_dict(mask)
 
 
-def make_optimizer(config, lr: optax.Schedule) -> optax.GradientTransformation:
+def make_optimizer(
+    config, shape: optax.Schedule, values: dict | None = None
+) -> optax.GradientTransformation:
+    """The config's optimizer, its `HYPERPARAMS` in its state.
+
+    ``values`` (default ``hyperparams(config)``, traced in a bundle's init) only set
+    the initial state; every update reads them from the state it is given.
+    """
     mask = lambda p: decay_mask(p, config.decay_norm_and_bias)  # noqa: E731
-    chain = []
-    if config.agc_clip is not None:
-        # Brock et al. 2021: unit-wise clipping; heads are usually exempt,
-        # but clipping them is harmless at the small clip values used here.
-        chain.append(optax.adaptive_grad_clip(config.agc_clip))
-    if config.grad_clip_norm is not None:
-        chain.append(optax.clip_by_global_norm(config.grad_clip_norm))
-    if config.optimizer == 'adamw':
-        chain.append(
-            optax.adamw(lr, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay, mask=mask)
-        )
+
+    def build(learning_rate, weight_decay, momentum, b1, b2):
+        lr = lambda step: learning_rate * shape(step)  # noqa: E731
+        chain = []
+        if config.agc_clip is not None:
+            # Brock et al. 2021: unit-wise clipping; heads are usually exempt,
+            # but clipping them is harmless at the small clip values used here.
+            chain.append(optax.adaptive_grad_clip(config.agc_clip))
+        if config.grad_clip_norm is not None:
+            chain.append(optax.clip_by_global_norm(config.grad_clip_norm))
+        if config.optimizer == 'adamw':
+            chain.append(optax.adamw(lr, b1=b1, b2=b2, weight_decay=weight_decay, mask=mask))
+            return optax.chain(*chain)
+        if config.weight_decay:  # zero: no decay term (bundles split on this, not the value)
+            chain.append(optax.add_decayed_weights(weight_decay, mask=mask))
+        if config.optimizer == 'sgd':
+            momentum = momentum if config.momentum else None
+            chain.append(optax.sgd(lr, momentum=momentum, nesterov=config.nesterov))
+        else:
+            chain.append(optax.adam(lr, b1=b1, b2=b2))
         return optax.chain(*chain)
-    if config.weight_decay:
-        chain.append(optax.add_decayed_weights(config.weight_decay, mask=mask))
-    if config.optimizer == 'sgd':
-        chain.append(optax.sgd(lr, momentum=config.momentum or None, nesterov=config.nesterov))
-    else:
-        chain.append(optax.adam(lr, b1=config.b1, b2=config.b2))
-    return optax.chain(*chain)
+
+    values = hyperparams(config) if values is None else values
+    return optax.inject_hyperparams(build, hyperparam_dtype=jnp.float32)(**values)
 
 
 def count_params(params) -> int:
