@@ -156,7 +156,7 @@ def test_what_splits_a_bundle():
         config('--config.wandb.group=g', '--config.study=s', seed=2),  # bookkeeping only
         config('--config.batch_size=16', seed=3),  # another program
         config('--config.momentum=0', '--config.learning_rate=0.1', seed=1),
-        config('--config.learning_rate=0.1', '--config.weight_decay=0.1', '--config.b2=0.9'),
+        config('--config.learning_rate=0.1', '--config.weight_decay=0.1'),
         config('--config.weight_decay=0'),  # no decay term: another program
         config('--config.norm.momentum=0.8'),  # a norm's constant: another program
     ]

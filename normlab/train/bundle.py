@@ -26,8 +26,6 @@ BUNDLE_KEYS = {
     'learning_rate': None,
     'weight_decay': bool,
     'momentum': bool,
-    'b1': None,
-    'b2': None,
 }
 # Most bytes of train state (parameters, optimizer state, batch statistics) one
 # bundle holds on a device; more runs than fit are split into several bundles.

@@ -14,8 +14,10 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
-# Config keys whose values are traced optimizer state (`hyperparams`).
-HYPERPARAMS = ('learning_rate', 'weight_decay', 'momentum', 'b1', 'b2')
+# Config keys whose values are traced optimizer state (`hyperparams`). Adam's b1/b2
+# stay compiled in: optax derives ``1 - b1`` from them, which in float32 rounds
+# differently from the constant a Python float gives, and would move every Adam run.
+HYPERPARAMS = ('learning_rate', 'weight_decay', 'momentum')
 
 
 def scaled_learning_rate(config) -> float:
@@ -35,33 +37,34 @@ def hyperparams(config) -> dict[str, jax.Array]:
     return {k: jnp.float32(v) for k, v in values.items()}
 
 
-def schedule_shape(config, total_steps: int, steps_per_epoch: int) -> optax.Schedule:
-    """The learning-rate schedule at a peak of 1: the peak multiplies it."""
+def schedule(config, total_steps: int, steps_per_epoch: int, peak=None) -> optax.Schedule:
+    """The learning rate at each step, rising to `peak` (default: the config's scaled
+    rate; traced in `make_optimizer`, where each run's peak is its optimizer state)."""
+    peak = scaled_learning_rate(config) if peak is None else peak
     warmup = min(int(config.warmup_epochs * steps_per_epoch), max(total_steps - 1, 0))
     if config.schedule == 'cosine':
-        main = optax.cosine_decay_schedule(1.0, max(total_steps - warmup, 1))
+        main = optax.cosine_decay_schedule(peak, max(total_steps - warmup, 1))
     elif config.schedule == 'step':
         boundaries = {
             int(f * total_steps) - warmup: config.step_factor for f in config.step_boundaries
         }
-        main = optax.piecewise_constant_schedule(1.0, boundaries)
+        main = optax.piecewise_constant_schedule(peak, boundaries)
     else:
-        main = optax.constant_schedule(1.0)
+        main = optax.constant_schedule(peak)
     if warmup == 0:
         return main
-    return optax.join_schedules([optax.linear_schedule(0.0, 1.0, warmup), main], [warmup])
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), main], [warmup])
 
 
-def schedule(config, total_steps: int, steps_per_epoch: int) -> optax.Schedule:
-    """The learning rate at each step: the config's peak times `schedule_shape`."""
-    shape, peak = schedule_shape(config, total_steps, steps_per_epoch), hyperparams(config)
-    return lambda step: peak['learning_rate'] * shape(step)
-
-
-def learning_rate_of(shape: optax.Schedule):
+def learning_rate_of(config, total_steps: int, steps_per_epoch: int):
     """``state -> the learning rate its step applies``, for a state whose optimizer
-    `make_optimizer` made with `shape`."""
-    return lambda state: state.opt_state.hyperparams['learning_rate'] * shape(state.step)
+    `make_optimizer` made."""
+
+    def lr(state):
+        peak = state.opt_state.hyperparams['learning_rate']
+        return schedule(config, total_steps, steps_per_epoch, peak)(state.step)
+
+    return lr
 
 
 def decay_mask(params, decay_norm_and_bias: bool):
@@ -76,17 +79,17 @@ def decay_mask(params, decay_norm_and_bias: bool):
 
 
 def make_optimizer(
-    config, shape: optax.Schedule, values: dict | None = None
+    config, total_steps: int, steps_per_epoch: int, values: dict | None = None
 ) -> optax.GradientTransformation:
-    """The config's optimizer, its `HYPERPARAMS` in its state.
+    """The config's optimizer and schedule, its `HYPERPARAMS` in its state.
 
     ``values`` (default ``hyperparams(config)``, traced in a bundle's init) only set
     the initial state; every update reads them from the state it is given.
     """
     mask = lambda p: decay_mask(p, config.decay_norm_and_bias)  # noqa: E731
 
-    def build(learning_rate, weight_decay, momentum, b1, b2):
-        lr = lambda step: learning_rate * shape(step)  # noqa: E731
+    def build(learning_rate, weight_decay, momentum):
+        lr = schedule(config, total_steps, steps_per_epoch, learning_rate)
         chain = []
         if config.agc_clip is not None:
             # Brock et al. 2021: unit-wise clipping; heads are usually exempt,
@@ -94,6 +97,7 @@ def make_optimizer(
             chain.append(optax.adaptive_grad_clip(config.agc_clip))
         if config.grad_clip_norm is not None:
             chain.append(optax.clip_by_global_norm(config.grad_clip_norm))
+        b1, b2 = config.b1, config.b2
         if config.optimizer == 'adamw':
             chain.append(optax.adamw(lr, b1=b1, b2=b2, weight_decay=weight_decay, mask=mask))
             return optax.chain(*chain)

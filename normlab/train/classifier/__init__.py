@@ -106,19 +106,23 @@ def abstract_state(model, tx, image_shape) -> TrainState:
 
 
 def optimizer_and_step(config, model) -> tuple:
-    """(schedule shape, optimizer, per-device train step) of a config's runs; the
-    optimizer's updates read each run's hyperparameters from its state."""
+    """(``make_tx(values)``: the optimizer starting from ``values``; the optimizer;
+    the per-device train step) of a config's runs; the optimizer's updates read each
+    run's hyperparameters from its state."""
     total_steps, steps_per_epoch = num_train_steps(config, data_dir=config.data_dir)
-    shape = optim.schedule_shape(config, total_steps, steps_per_epoch)
-    tx = optim.make_optimizer(config, shape)
+    tx = optim.make_optimizer(config, total_steps, steps_per_epoch)
     step_fn = steps.train_step_fn(
         model,
         tx,
-        optim.learning_rate_of(shape),
+        optim.learning_rate_of(config, total_steps, steps_per_epoch),
         record_grad_norms=config.record_grad_norms,
         dropout=has_dropout(config),
     )
-    return shape, tx, step_fn
+
+    def make_tx(values):
+        return optim.make_optimizer(config, total_steps, steps_per_epoch, values)
+
+    return make_tx, tx, step_fn
 
 
 def trace_train_step(config, model, spec) -> None:
@@ -230,8 +234,7 @@ def _train(configs, workdirs, *, bundled: bool) -> list:
     spec = data.get_spec(config.dataset)
     total_steps, steps_per_epoch = num_train_steps(config, data_dir=config.data_dir)
     model = build_model(config, spec.num_classes)
-    shape, tx, step_fn = optimizer_and_step(config, model)
-    make_tx = lambda values: optim.make_optimizer(config, shape, values)  # noqa: E731
+    make_tx, tx, step_fn = optimizer_and_step(config, model)
     states = init_states(configs, model, make_tx, mesh, spec.image_shape)
     state = jax.tree.map(lambda *xs: jnp.stack(xs), *states) if bundled else states[0]
 
