@@ -15,8 +15,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Two pytest workers, one per core of a small machine; each test file runs on one.
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 demo: $(STAMP)
 	$(PY) -m normlab.sweep --config=experiments/batch_size.py --workdir=runs/batch_size --parallel=2
