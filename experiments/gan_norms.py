@@ -120,7 +120,7 @@ def cell_text(values, diverged: int, fmt) -> str:
     return text
 
 
-def heatmaps(records, outdir: str) -> list[str]:
+def figures(records, outdir: str) -> list[str]:
     """G norm x D norm heat maps of the Frechet distance, entropy (mean ± std over the
     finished seeds, n) and diverged fraction, and the distance over training; returns
     their file names in `outdir`."""
@@ -207,17 +207,28 @@ def heatmaps(records, outdir: str) -> list[str]:
 @dataclasses.dataclass(frozen=True)
 class Difference:
     """Spectral norm's distance over the floor minus another D norm's, per G norm and
-    averaged over the G norms both have (standard errors from the seeds' spread)."""
+    averaged over the G norms both have, with standard errors from the seeds' spread."""
 
     per_g: dict[str, tuple[float, float]]  # g -> (difference, standard error)
     mean: float
-    se: float  # NaN when a cell has a single finished seed: no noise estimate
+    se: float  # NaN when no cell of a side has two finished seeds: no noise estimate
 
-    def verdict(self, diff: float, se: float) -> int:
+    @staticmethod
+    def call(diff: float, se: float) -> int:
         """-1: SN lower beyond seed noise, 1: higher beyond it, 0: within it."""
         if not math.isfinite(se) or abs(diff) <= NOISE_SE * se:
             return 0
         return -1 if diff < 0 else 1
+
+
+def seed_variance(cells: dict[str, Cell]) -> float:
+    """The seed variance of one D norm, pooled over its cells (one G norm each): two
+    seeds per cell give a poor std on their own, four cells of two give four degrees
+    of freedom."""
+    dof = sum(c.n - 1 for c in cells.values() if c.n > 1)
+    if not dof:
+        return math.nan
+    return sum((c.n - 1) * c.std**2 for c in cells.values() if c.n > 1) / dof
 
 
 def difference(a: dict[str, Cell], b: dict[str, Cell]) -> Difference | None:
@@ -225,11 +236,8 @@ def difference(a: dict[str, Cell], b: dict[str, Cell]) -> Difference | None:
     shared = [g for g in a if g in b and a[g].n and b[g].n]
     if not shared:
         return None
-
-    def variance(c: Cell) -> float:
-        return c.std**2 / c.n if c.n > 1 else math.nan
-
-    per_g = {g: (a[g].mean - b[g].mean, math.sqrt(variance(a[g]) + variance(b[g]))) for g in shared}
+    va, vb = seed_variance(a), seed_variance(b)
+    per_g = {g: (a[g].mean - b[g].mean, math.sqrt(va / a[g].n + vb / b[g].n)) for g in shared}
     mean = sum(d for d, _ in per_g.values()) / len(shared)
     se = math.sqrt(sum(se**2 for _, se in per_g.values())) / len(shared)
     return Difference(per_g, mean, se)
@@ -251,13 +259,8 @@ def findings(table) -> list[str]:
         d: {g: Cell(c.over_floor) for (g, dd), c in cells.items() if dd == d and c.over_floor}
         for d in ds
     }
-    failures = {
-        d: [
-            sum(getattr(c, a) for (_, dd), c in cells.items() if dd == d)
-            for a in ('runs', 'diverged', 'mode_collapsed')
-        ]
-        for d in ds
-    }
+    totals = {d: [c for (_, dd), c in cells.items() if dd == d] for d in ds}
+    failed = {d: sum(c.failed for c in totals[d]) for d in ds}
     pooled = {d: Cell(tuple(c.mean for c in by_d[d].values())) for d in ds}
     ranked = sorted((d for d in ds if pooled[d].n), key=lambda d: pooled[d].mean)
     if not ranked:
@@ -271,10 +274,13 @@ def findings(table) -> list[str]:
             for d in ranked
         )
         + '.',
-        'Failed runs per discriminator norm (diverged + mode-collapsed, label entropy below '
-        f'{COLLAPSE_ENTROPY:.2f} nats): '
-        + ', '.join(f'{NAMES[d]} {div} + {col} of {n}' for d, (n, div, col) in failures.items())
-        + '.',
+        'Failed runs per discriminator norm: '
+        + ', '.join(
+            f'{NAMES[d]} {sum(c.diverged for c in runs)} diverged and '
+            f'{sum(c.mode_collapsed for c in runs)} mode-collapsed of {sum(c.runs for c in runs)}'
+            for d, runs in totals.items()
+        )
+        + f' (mode collapse: label entropy below {COLLAPSE_ENTROPY:.2f} nats).',
     ]
     gs = list(dict.fromkeys(g for g, _ in cells))
     best = []
@@ -289,8 +295,8 @@ def findings(table) -> list[str]:
     others = {d: difference(by_d['spectral'], by_d[d]) for d in ranked if d != 'spectral'}
     others = {d: v for d, v in others.items() if v is not None}
     for d, diff in others.items():
-        per_g = [diff.verdict(*v) for v in diff.per_g.values()]
-        overall = diff.verdict(diff.mean, diff.se)
+        per_g = [diff.call(*v) for v in diff.per_g.values()]
+        overall = diff.call(diff.mean, diff.se)
         where = 'beyond' if overall else 'within'
         out.append(
             f'SN minus {NAMES[d]}: {diff.mean:+.2f}x the floor on average ({diff.se:.2f} '
@@ -298,24 +304,23 @@ def findings(table) -> list[str]:
             f'noise with {per_g.count(-1)}, higher beyond it with {per_g.count(1)}, within '
             f'it with {per_g.count(0)} of {len(per_g)}.'
         )
-    out.append(verdict(others, failures, budget))
+    out.append(verdict(others, failed, budget))
     return out
 
 
-def verdict(others: dict[str, Difference], failures: dict[str, list[int]], budget: str) -> str:
+def verdict(others: dict[str, Difference], failed: dict[str, int], budget: str) -> str:
     """The answer: is spectral norm the most reliable D norm here, beyond seed noise?"""
     claim = 'the most reliable discriminator normalization (Kurach et al. 2019)'
     if not others:
         return f'No other discriminator norm finished: SN cannot be compared {budget}.'
     if any(not math.isfinite(d.se) for d in others.values()):
         return (
-            'A cell has a single finished seed, so seed noise cannot be estimated and no '
+            'No cell has two finished seeds, so seed noise cannot be estimated and no '
             f'difference can be called real: whether SN is {claim} is not tested {budget} '
             '(run with seeds >= 2).'
         )
-    calls = {d: diff.verdict(diff.mean, diff.se) for d, diff in others.items()}
-    sn_failed = sum(failures['spectral'][1:])
-    fewer = [d for d in others if sum(failures[d][1:]) < sn_failed]
+    calls = {d: diff.call(diff.mean, diff.se) for d, diff in others.items()}
+    fewer = [d for d in others if failed[d] < failed['spectral']]
     better = [NAMES[d] for d, v in calls.items() if v > 0]
     if better:
         return (
@@ -364,18 +369,18 @@ def get_study(arg=None):
             series='G norm',
             log_x=False,
             findings=findings,
-            plots=heatmaps,
+            plots=figures,
             axes={
                 'G norm': Axis((G_KEY,), lambda p: p[G_KEY]),
                 'D norm': Axis((D_KEY, SN_KEY), d_label),
             },
         ),
         description=(
-            'Which normalization in the generator and in the discriminator lets a DCGAN '
-            'train (Kurach et al. 2019)? Generator norm x discriminator norm (spectral: '
-            'spectral normalization, Miyato et al. 2018) on 16x16 digits, scored by the '
-            'Frechet distance in a normlab-trained digit classifier (not Inception FID) and '
-            'the entropy of the predicted labels of the samples, with the diverged seeds '
-            'counted.'
+            'Which discriminator normalization lets a DCGAN train most reliably, and is it '
+            'spectral normalization (Miyato et al. 2018), as Kurach et al. (2019) report? '
+            'Generator norm x discriminator norm on 16x16 digits, scored by the Frechet '
+            'distance in a normlab-trained digit classifier (not Inception FID) over its '
+            'real-data floor and by the entropy of the predicted labels of the samples, '
+            'with diverged and mode-collapsed seeds counted.'
         ),
     )

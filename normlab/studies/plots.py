@@ -119,7 +119,8 @@ def draw(table: Table, metric: str | None):
         else table.study.name
     )
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    series = report.series not in (None, 'metric')
+    ax.legend(fontsize=8, title=short_keys(table.axes)[report.series] if series else None)
     fig.tight_layout()
     return fig
 
