@@ -323,7 +323,7 @@ def _records(fd_by_d, spread=0.05, diverged=()):
         (
             {'batch_norm': 12, 'layer_norm': 8, 'spectral': 9, 'none': 14},
             (),
-            'does not appear after 2500 generator steps: LN reach a lower distance',
+            'does not appear after 2500 generator steps: LN reaches a lower distance',
         ),
     ],
 )
