@@ -94,7 +94,12 @@ def expected_cells(name: str, result: dict):
     elif name == 'bundles':
         for r in result['rows']:
             yield (
-                {'runs': str(r['runs'])},
+                {
+                    'runs': str(r['runs']),
+                    'differ in': {'seed': 'seeds', 'learning_rate': 'learning rates'}[
+                        r.get('differ_in', 'seed')
+                    ],
+                },
                 {
                     'solo s/run': f'{r["solo_s_per_run"]:.2f}',
                     'bundle s/run': f'{r["bundle_s_per_run"]:.2f}',

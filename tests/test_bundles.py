@@ -1,4 +1,5 @@
-"""Bundles: runs that differ only in their seed train as one program, each a normal run."""
+"""Bundles: runs that differ only in their seed and optimizer scalars train as one
+program, each a normal run."""
 
 import glob
 import json
@@ -28,16 +29,21 @@ def run_argv(workdir, seed, *extra, norm='batch_norm'):
     ]
 
 
-def solo_and_bundle(tmp_path, seeds, *extra, norm='batch_norm'):
-    """(solo outcomes, bundled outcomes) of the same commands in two directories."""
+def solo_and_bundle(tmp_path, seeds, *extra, norm='batch_norm', per_run=None):
+    """(solo outcomes, bundled outcomes) of the same commands in two directories;
+    ``per_run[i]``: further flags of run i."""
+    per_run = per_run or [()] * len(seeds)
     solo, bundled = [], []
-    for s in seeds:
-        config, workdir = command.parse(run_argv(tmp_path / f'solo{s}', s, *extra, norm=norm))
+    for s, own in zip(seeds, per_run, strict=True):
+        argv = run_argv(tmp_path / f'solo{s}', s, *extra, *own, norm=norm)
         try:
-            solo.append(classifier.train_and_evaluate(config, workdir))
+            solo.append(classifier.train_and_evaluate(*command.parse(argv)))
         except DivergedError as e:
             solo.append(e)
-    parsed = [command.parse(run_argv(tmp_path / f'b{s}', s, *extra, norm=norm)) for s in seeds]
+    parsed = [
+        command.parse(run_argv(tmp_path / f'b{s}', s, *extra, *own, norm=norm))
+        for s, own in zip(seeds, per_run, strict=True)
+    ]
     bundled = classifier.train_bundle([c for c, _ in parsed], [w for _, w in parsed])
     return solo, bundled
 
@@ -79,6 +85,29 @@ def test_each_bundled_run_equals_its_solo_run(tmp_path, norm):
         assert checkpoint_steps(tmp_path / f'solo{s}') == checkpoint_steps(tmp_path / f'b{s}')
         with open(tmp_path / f'b{s}' / 'config.json') as f:
             assert json.load(f)['seed'] == s
+
+
+def test_runs_with_their_own_learning_rate_momentum_and_decay_share_a_bundle(tmp_path):
+    """The optimizer's scalars are per-run state: one program, each run its own values."""
+    seeds = (0, 1, 2)
+    per_run = [
+        ('--config.learning_rate=0.02',),
+        ('--config.learning_rate=0.3', '--config.momentum=0.5'),
+        ('--config.weight_decay=0.01', '--config.momentum=0.99'),
+    ]
+    solo, bundled = solo_and_bundle(tmp_path, seeds, '--config.schedule=cosine', per_run=per_run)
+    for s, a, b in zip(seeds, solo, bundled, strict=True):
+        assert_same_numbers(a, b)
+        rows_a, rows_b = metrics_rows(tmp_path / f'solo{s}'), metrics_rows(tmp_path / f'b{s}')
+        for ra, rb in zip(rows_a, rows_b, strict=True):
+            assert_same_numbers(ra, rb)
+    lrs = [
+        [r['train/lr'] for r in metrics_rows(tmp_path / f'b{s}') if 'train/lr' in r] for s in seeds
+    ]
+    assert lrs[1][0] == pytest.approx(15 * lrs[0][0], rel=1e-6)  # its own peak, one schedule
+    assert lrs[2][0] == pytest.approx(2.5 * lrs[0][0], rel=1e-6)  # the config's 0.05
+    with open(tmp_path / 'b1' / 'config.json') as f:
+        assert json.load(f)['learning_rate'] == 0.3
 
 
 ONE_DEVICE = """
@@ -123,19 +152,24 @@ def test_what_splits_a_bundle():
     configs = [
         config(seed=0),
         config(seed=1),
-        config('--config.learning_rate=0.1', seed=0),  # another program's numbers
+        config('--config.momentum=0', seed=0),  # no momentum buffer: another program
         config('--config.wandb.group=g', '--config.study=s', seed=2),  # bookkeeping only
         config('--config.batch_size=16', seed=3),  # another program
-        config('--config.learning_rate=0.1', seed=1),
+        config('--config.momentum=0', '--config.learning_rate=0.1', seed=1),
+        config('--config.learning_rate=0.1', '--config.weight_decay=0.1'),
+        config('--config.weight_decay=0'),  # no decay term: another program
+        config('--config.norm.momentum=0.8'),  # a norm's constant: another program
     ]
-    assert bundle.group(configs, None) == [[0, 1, 3], [2, 5], [4]]
-    assert bundle.group(configs, 2) == [[0, 1], [3], [2, 5], [4]]
-    assert bundle.group(configs, 1) == [[i] for i in (0, 1, 3, 2, 5, 4)]
+    assert bundle.group(configs, None) == [[0, 1, 3, 6], [2, 5], [4], [7], [8]]
+    assert bundle.group(configs, 3) == [[0, 1, 3], [6], [2, 5], [4], [7], [8]]
+    assert bundle.group(configs, 1) == [[i] for i in (0, 1, 3, 6, 2, 5, 4, 7, 8)]
     with pytest.raises(ValueError, match='bundle=0'):
         bundle.group(configs, 0)
-    bundle.check_bundle([configs[0], configs[1], configs[3]])
-    with pytest.raises(ConfigError, match="'learning_rate'"):
+    bundle.check_bundle([configs[0], configs[1], configs[3], configs[6]])
+    with pytest.raises(ConfigError, match="'momentum'"):
         bundle.check_bundle([configs[0], configs[2]])
+    with pytest.raises(ConfigError, match="'batch_size'"):
+        bundle.check_bundle([configs[0], configs[4]])
     assert bundle.split_by_memory([4, 5, 6, 7, 8], 100, 250) == [[4, 5], [6, 7], [8]]
 
 
@@ -255,7 +289,7 @@ def test_a_sweep_bundles_the_seeds_of_each_point(tmp_path):
         )
         again = []
         workflows.run_sweep(str(study), workdir, bundle=cap, log_wandb=False, echo=again.append)
-        assert '6 already done, 0 to run' in again[0]
+        assert '6 already done, 0 to run' in again[0], again
     assert runs[2].keys() == runs[1].keys()
     for name, row in runs[1].items():
         assert runs[2][name]['status'] == row['status'] == 'finished'

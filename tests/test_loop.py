@@ -4,6 +4,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import time
@@ -294,3 +295,32 @@ def test_a_second_run_on_a_busy_workdir_is_refused(tmp_path):
     assert second.returncode == 2 and 'is in use by another run' in second.stderr
     assert len([x for x in second.stderr.splitlines() if x.startswith('error:')]) == 1
     launch([*MLP_ARGS, f'--workdir={tmp_path / "k"}', '--config.num_train_steps=600'])
+
+
+def _finalized(directory) -> list[str]:
+    """Checkpoint steps orbax has finished writing (it writes under a temporary name)."""
+    return [name for name in os.listdir(directory) if name.isdigit()] if directory.is_dir() else []
+
+
+def test_ctrl_c_says_in_one_line_where_the_run_stopped(tmp_path):
+    workdir = tmp_path / 'run'
+    args = [*MLP_ARGS, '--config.num_train_steps=1000000', '--config.checkpoint_every_steps=100']
+    proc = launch([*args, f'--workdir={workdir}'], background=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not _finalized(workdir / 'checkpoints'):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert 'Traceback' not in stderr
+    last = stderr.strip().splitlines()[-1]
+    match = re.fullmatch(
+        r'stopped: interrupted during step (\d+) of 1000000; run the same command again to '
+        r'resume from the checkpoint at step (\d+)',
+        last,
+    )
+    assert match, last
+    stopped, kept = map(int, match.groups())
+    assert kept % 100 == 0 and 100 <= kept < stopped
+    assert (workdir / 'checkpoints' / str(kept)).is_dir()
+    assert not (workdir / 'summary.json').exists()

@@ -5,11 +5,15 @@ digits runs); the other tests read or copy its directory.
 """
 
 import csv
+import fcntl
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -303,3 +307,98 @@ def test_a_report_axis_replaces_the_grid_keys_it_is_computed_from(swept, tmp_pat
         with pytest.raises(StudyError, match=None) as e:
             validate(dataclasses.replace(study, report=bad))
         assert words in str(e.value), str(e.value)
+
+
+LONG_STUDY = TINY_STUDY.replace("'num_train_steps': 4", "'num_train_steps': 10**6")
+
+
+def start_long_sweep(tmp_path):
+    """A sweep of one run that trains for minutes, in its own session (process group),
+    returned once the run has logged: (process, the run's workdir)."""
+    study = tmp_path / 'long.py'
+    study.write_text(LONG_STUDY.format(grid="({'norm.name': 'batch_norm', 'batch_size': 4},)"))
+    workdir = tmp_path / 'runs'
+    env = {**os.environ, 'WANDB_MODE': 'offline', 'PYTHONPATH': REPO}
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'normlab.sweep', f'--config={study}', f'--workdir={workdir}'],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    run = workdir / 'norm=batch_norm,batch_size=4,seed=0'
+    deadline = time.time() + 180
+    while not (run / 'metrics.jsonl').exists():
+        assert proc.poll() is None and time.time() < deadline, 'the run never started'
+        time.sleep(0.2)
+    return proc, run
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    out = []
+    for name in os.listdir('/proc'):
+        if name.isdigit():
+            try:
+                with open(f'/proc/{name}/stat') as f:
+                    fields = f.read().rsplit(')', 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    """Whether any thread of `pid` still runs: a zombie waiting for its reaper is dead,
+    but its leader turns zombie before its other threads (and their files) are gone."""
+    try:
+        tasks = os.listdir(f'/proc/{pid}/task')
+    except OSError:
+        return False
+    for task in tasks:
+        try:
+            with open(f'/proc/{pid}/task/{task}/stat') as f:
+                if f.read().rsplit(')', 1)[1].split()[0] != 'Z':
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='PR_SET_PDEATHSIG is Linux')
+def test_a_killed_sweep_takes_its_workers_with_it(tmp_path):
+    proc, run = start_long_sweep(tmp_path)
+    workers = children(proc.pid)
+    assert workers, 'the sweep runs its run in a worker process'
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 20
+    while any(alive(w) for w in workers) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(w) for w in workers), 'a worker kept training after its sweep died'
+    # Nothing holds the run's work directory (`normlab.train.loop`'s lock): a rerun owns it.
+    with open(run / '.lock', 'a') as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_ctrl_c_stops_a_sweep_with_one_line(tmp_path):
+    proc, run = start_long_sweep(tmp_path)
+    workers = children(proc.pid)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends: the whole group
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    # What TensorFlow's C++ logging prints at import is not the sweep's output.
+    cxx_log = re.compile(r'^([IWEF]\d{4} |WARNING: All log messages before absl)')
+    lines = [line for line in stderr.splitlines() if line.strip() and not cxx_log.match(line)]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith('stopped: ') and 'run the same command again' in lines[0]
+    assert str(tmp_path / 'runs') in lines[0]
+    assert 'Traceback' not in stdout + stderr
+    deadline = time.time() + 20
+    while any(alive(w) for w in workers) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(w) for w in workers)
+    assert not (run / 'summary.json').exists()  # not reported as finished

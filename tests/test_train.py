@@ -107,7 +107,7 @@ def test_init_takes_any_seed_and_seeds_decide_the_weights():
 
     c = digits_config()
     model, mesh = classifier.build_model(c, 10), parallel.data_mesh()
-    tx = optim.make_optimizer(c, optim.schedule(c, 10, 10))
+    tx = optim.make_optimizer(c, 10, 10)
     states = []
     for seed in (0, 2**31 + 5, 0):  # past int32
         c.seed = seed
@@ -130,7 +130,7 @@ def test_cpu_fusion_off_reaches_the_compiled_step_and_changes_no_number(tmp_path
     assert steps.compiler_options(c) == {'xla_disable_hlo_passes': 'fusion'}
     assert steps.compiler_options(digits_config()) is None
     model, mesh = classifier.build_model(c, 10), parallel.data_mesh()
-    tx = optim.make_optimizer(c, optim.schedule(c, 10, 10))
+    tx = optim.make_optimizer(c, 10, 10)
     state = classifier.init_state(c, model, tx, mesh, (8, 8, 1))
     n = c.batch_size
     stacked = NamedSharding(mesh, P(None, parallel.DATA_AXIS))
@@ -139,7 +139,7 @@ def test_cpu_fusion_off_reaches_the_compiled_step_and_changes_no_number(tmp_path
         'label': jax.device_put(np.zeros((1, n), np.int32), stacked),
         'mask': jax.device_put(np.ones((1, n), np.float32), stacked),
     }
-    step_fn = classifier_steps.train_step_fn(model, tx, lambda s: 0.1)
+    step_fn = classifier_steps.train_step_fn(model, tx, lambda state: 0.1)
     for config, fused in ((c, False), (digits_config(), True)):
         step = steps.make_train_call(
             step_fn, mesh, steps_per_call=1, batch_fn=None, options=steps.compiler_options(config)

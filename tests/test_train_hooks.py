@@ -114,3 +114,54 @@ def test_kernel_init_scale_multiplies_the_default_init(name):
         np.testing.assert_array_equal(base[layer], flax_default[layer]['kernel'])
     with pytest.raises(ValueError, match='kernel_init_scale must be positive, got 0'):
         kernels(0.0)
+
+
+def test_mlp_dropout_drops_in_training_only():
+    model = models.create('mlp', num_classes=3, norm=norms.make_norm('none'), dropout_rate=0.5)
+    x = jnp.ones((4, 6))
+    variables = model.init(jax.random.key(0), x, train=False)
+    eval_out = model.apply(variables, x, train=False)
+    assert (model.apply(variables, x, train=False) == eval_out).all()
+    a, b = (
+        model.apply(variables, x, train=True, rngs={'dropout': jax.random.key(k)}) for k in (1, 2)
+    )
+    assert not (a == eval_out).all() and not (a == b).all()
+    with pytest.raises(ValueError, match='dropout_rate=1.0'):
+        models.create('mlp', num_classes=3, norm=norms.make_norm('none'), dropout_rate=1.0).init(
+            jax.random.key(0), x, train=False
+        )
+
+
+def test_dropout_trains_from_the_seed_and_evaluates_without_dropping(tmp_path):
+    """Every eval mode runs the network without dropout (batch statistics and precise BN
+    too); the masks come from the run's seed, bundled or not."""
+    from normlab.studies import command
+
+    def argv(workdir, seed, *extra):
+        return [
+            '--config=configs/digits_mlp.py:smoke=True',
+            f'--workdir={workdir}',
+            f'--config.seed={seed}',
+            '--config.wandb.mode=disabled',
+            '--config.model_options.dropout_rate=0.3',
+            *extra,
+        ]
+
+    solo = [
+        classifier.train_and_evaluate(*command.parse(argv(tmp_path / f's{s}', s))) for s in (0, 1)
+    ]
+    again = classifier.train_and_evaluate(*command.parse(argv(tmp_path / 'again', 0)))
+    assert again['train/loss'] == solo[0]['train/loss']
+    without = classifier.train_and_evaluate(
+        *command.parse(argv(tmp_path / 'none', 0)[:-1] + ['--config.model_options.dropout_rate=0'])
+    )
+    assert without['train/loss'] != solo[0]['train/loss']
+    parsed = [command.parse(argv(tmp_path / f'b{s}', s)) for s in (0, 1)]
+    bundled = classifier.train_bundle([c for c, _ in parsed], [w for _, w in parsed])
+    for a, b in zip(solo, bundled, strict=True):
+        assert b['eval/error'] == a['eval/error']
+        assert b['train/loss'] == pytest.approx(a['train/loss'], rel=1e-5)
+    modes = '--config.eval_modes=running,batch,precise'
+    out = classifier.train_and_evaluate(*command.parse(argv(tmp_path / 'modes', 0, modes)))
+    assert out['eval/error'] == solo[0]['eval/error']
+    assert all(math.isfinite(out[f'{m}/loss']) for m in ('eval', 'eval_batch', 'eval_precise'))

@@ -33,7 +33,14 @@ _CNN = {
     'use_bias': bool,
     'kernel_init_scale': float,
 }
-_MLP = {'widths': tuple, 'depth': int, **_NORMED, 'use_bias': bool, 'kernel_init_scale': float}
+_MLP = {
+    'widths': tuple,
+    'depth': int,
+    **_NORMED,
+    'use_bias': bool,
+    'kernel_init_scale': float,
+    'dropout_rate': float,
+}
 
 _VIT_PLACEMENT = {
     'mlp_ratio': float,

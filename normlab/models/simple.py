@@ -58,6 +58,8 @@ class MLP(nn.Module):
       use_bias: bias in the hidden layers.
       kernel_init_scale: every kernel (hidden and head) starts as flax's LeCun normal
         times this factor (`normlab.models.common.scaled_lecun_normal`).
+      dropout_rate: dropout on each hidden layer's output (Srivastava et al. 2014), in
+        train mode only; needs ``rngs={'dropout': key}`` in ``apply`` when nonzero.
       dtype: compute dtype; logits are returned in float32.
 
     Every hidden layer ``k`` (1-based) sows the input of its nonlinearity into the
@@ -74,11 +76,14 @@ class MLP(nn.Module):
     norm_position: str = 'before_activation'
     use_bias: bool = True
     kernel_init_scale: float = 1.0
+    dropout_rate: float = 0.0
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool = True):
         check_norm_position(self.norm_position)
+        if not 0.0 <= self.dropout_rate < 1.0:
+            raise ValueError(f'MLP dropout_rate={self.dropout_rate} must be in [0, 1)')
         if x.ndim < 2:
             raise ValueError(f'MLP expects a batch (rank >= 2), got shape {tuple(x.shape)}')
         act = get_activation(self.act)
@@ -104,6 +109,8 @@ class MLP(nn.Module):
                 return act(h)
 
             x = norm_act(x, normalize, record, self.norm_position)
+            if self.dropout_rate:
+                x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = dense(self.num_classes, name='head')(x)
         return as_logits(x)
 

@@ -191,7 +191,8 @@ def render(
     lines += [
         f'Base config `{study.config}`; study `{study.source or study.name}`. '
         f'{len(records)} runs ({run_counts(records)}), seeds {", ".join(map(str, seeds))}; '
-        f'{wall / 60:.1f} min of training in total. Cells are the mean ± standard deviation '
+        f'{wall / 60:.1f} min of run wall time in total (each run of a bundle counts the '
+        "bundle's). Cells are the mean ± standard deviation "
         'over seeds; `div.` marks runs whose loss diverged.',
         '',
         '## Findings',

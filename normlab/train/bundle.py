@@ -1,11 +1,12 @@
 """Which runs may train together as one bundle: one compiled program with a run axis.
 
-A study trains the same small network many times (seeds per grid point). Runs
-whose configs are equal except for the keys below share one program, so they
-train as one: `jax.vmap` over their train states and seeds inside the train
-step's `shard_map` (`normlab.train.steps.make_train_call`), each run with its
-own init and data order, its own work directory, files and W&B run
-(`normlab.train.loop.run_bundle`). Every other key starts a new bundle.
+A study trains the same small network many times (seeds per grid point, a grid
+of learning rates). Runs whose configs are equal except for the keys below share
+one program, so they train as one: `jax.vmap` over their train states and seeds
+inside the train step's `shard_map` (`normlab.train.steps.make_train_call`), each
+run with its own init, data order and optimizer scalars (held in its optimizer
+state, `normlab.train.optim.HYPERPARAMS`), its own work directory, files and W&B
+run (`normlab.train.loop.run_bundle`). Every other key starts a new bundle.
 """
 
 from __future__ import annotations
@@ -14,17 +15,29 @@ import json
 import os
 from collections.abc import Hashable, Iterable, Sequence
 
-# Keys that may differ between the runs of one bundle: traced per run (`seed`: the
-# init key and the resident data order) or bookkeeping that never reaches the program.
-BUNDLE_KEYS = ('seed', 'wandb', 'study')
+# Keys that may differ between the runs of one bundle, each with what of its value
+# still shapes the program (None: nothing). Traced per run: `seed` (the init key and
+# the resident data order) and the optimizer's scalars (`optim.HYPERPARAMS`; a zero
+# momentum or weight decay drops a buffer or a term); bookkeeping: `wandb`, `study`.
+BUNDLE_KEYS = {
+    'seed': None,
+    'wandb': None,
+    'study': None,
+    'learning_rate': None,
+    'weight_decay': bool,
+    'momentum': bool,
+}
 # Most bytes of train state (parameters, optimizer state, batch statistics) one
 # bundle holds on a device; more runs than fit are split into several bundles.
 STATE_BUDGET_BYTES = 512 * 2**20
 
 
 def bundle_key(config: dict) -> Hashable:
-    """What runs of one bundle share: the config (as JSON) without `BUNDLE_KEYS`."""
-    return json.dumps({k: v for k, v in config.items() if k not in BUNDLE_KEYS}, sort_keys=True)
+    """What runs of one bundle share: the config (as JSON) with each of `BUNDLE_KEYS`
+    reduced to what shapes the program."""
+    shared = {k: v for k, v in config.items() if k not in BUNDLE_KEYS}
+    shared.update({k: f(config[k]) for k, f in BUNDLE_KEYS.items() if f and k in config})
+    return json.dumps(shared, sort_keys=True)
 
 
 def group(configs: Sequence[dict], cap: int | None) -> list[list[int]]:
@@ -43,16 +56,19 @@ def group(configs: Sequence[dict], cap: int | None) -> list[list[int]]:
 
 
 def check_bundle(configs: Sequence[dict]) -> None:
-    """Raises ConfigError naming the first key outside `BUNDLE_KEYS` that differs."""
+    """Raises ConfigError naming the first key that differs where a bundle may not."""
     from normlab.train.config_checks import ConfigError  # not at import: the sweep groups
 
     first = configs[0]
     for other in configs[1:]:
         for k in sorted(set(first) | set(other)):
-            if k not in BUNDLE_KEYS and first.get(k) != other.get(k):
+            a, b = first.get(k), other.get(k)
+            shapes = BUNDLE_KEYS[k] if k in BUNDLE_KEYS else (lambda v: v)
+            if shapes is not None and shapes(a) != shapes(b):
+                allowed = ', '.join(BUNDLE_KEYS)
                 raise ConfigError(
-                    f'runs of one bundle differ in {k!r} ({first.get(k)!r} vs {other.get(k)!r}); '
-                    f'only {", ".join(BUNDLE_KEYS)} may differ'
+                    f'runs of one bundle differ in {k!r} ({a!r} vs {b!r}); only {allowed} may '
+                    'differ (momentum and weight_decay: zero and nonzero do not mix)'
                 )
 
 

@@ -2,7 +2,8 @@
 
 A small model computes a step in microseconds and costs milliseconds when every
 step is its own Python iteration and dispatch. `scan_steps` turns a trainer's
-per-device step ``(state, batch) -> (state, metrics)`` into one call that runs
+per-device step ``(state, batch, seed) -> (state, metrics)`` (``seed``: the run's,
+traced, e.g. for dropout) into one call that runs
 up to ``steps_per_call`` steps: the batch of each step comes from
 ``batch_fn(data, seed, step, i)`` (device-resident data batched inside the
 program, or row ``i`` of host batches stacked for the call), steps past the
@@ -48,7 +49,7 @@ def scan_steps(
         def single(state, data, seed, n):
             del n  # a call runs at least one step
             data = prepare(data, seed, state.step)
-            new, metrics = step_fn(state, batch_fn(data, seed, state.step, 0))
+            new, metrics = step_fn(state, batch_fn(data, seed, state.step, 0), seed)
             ok = metrics[FINITE] & all_finite(new)
             metrics = {**metrics, FINITE: ok}
             return keep_if(ok, new, state), jax.tree.map(lambda m: jnp.asarray(m)[None], metrics)
@@ -62,7 +63,7 @@ def scan_steps(
             state, halted = carry
 
             def run(state):
-                return step_fn(state, batch_fn(data, seed, state.step, i))
+                return step_fn(state, batch_fn(data, seed, state.step, i), seed)
 
             # What a skipped step returns: zeros shaped like a step's metrics. A step
             # function may declare them (`metrics_template`); tracing it to find out

@@ -1,7 +1,9 @@
-"""Benchmark 6: N identical runs as one bundle (one vmapped program) against N solo runs.
+"""Benchmark 6: N runs as one bundle (one vmapped program) against N solo runs.
 
 The digits 3x100 ReLU MLP with BatchNorm at batch 32 (`configs/digits_mlp.py`, 10
-epochs, 449 steps; ``--quick``: 2 epochs) trained N times with seeds 0..N-1:
+epochs, 449 steps; ``--quick``: 2 epochs) trained N times (N = 1, 4, 16, 64) with
+seeds 0..N-1, and once as 16 runs of seed 0 at 16 learning rates (0.01 to 1, log
+spaced: a learning-rate grid, which bundles because the rate is optimizer state):
 
 * ``solo``: N calls of `normlab.train.classifier.train_and_evaluate` in one process,
   one after another (what a sweep worker does with ``--bundle=1``);
@@ -25,25 +27,28 @@ import time
 from scripts.bench import common
 
 
-def _configs(n: int, epochs: float):
+def _configs(n: int, epochs: float, vary: str):
     from configs import digits_mlp
 
     out = []
-    for seed in range(n):
+    for i in range(n):
         config = digits_mlp.get_config()
         config.wandb.mode = 'disabled'
         config.num_epochs = epochs
-        config.seed = seed
+        if vary == 'seed':
+            config.seed = i
+        else:
+            config.learning_rate = 0.01 * 100 ** (i / max(n - 1, 1))
         out.append(config)
     return out
 
 
-def _time(n: int, epochs: float, bundled: bool) -> tuple[float, list[dict]]:
+def _time(n: int, epochs: float, bundled: bool, vary: str) -> tuple[float, list[dict]]:
     import jax
 
     from normlab.train import classifier
 
-    configs = _configs(n, epochs)
+    configs = _configs(n, epochs, vary)
     with tempfile.TemporaryDirectory(prefix='normlab-bundle-bench-') as tmp:
         workdirs = [os.path.join(tmp, f'run{i}') for i in range(n)]
         t0 = time.perf_counter()
@@ -63,16 +68,19 @@ def run(args) -> dict:
 
     runtime.setup()
     epochs = 2.0 if args.quick else 10.0
-    sizes = (1, 4) if args.quick else (1, 4, 16)
+    cases = [(1, 'seed'), (4, 'seed'), (4, 'learning_rate')]
+    if not args.quick:
+        cases = [(1, 'seed'), (4, 'seed'), (16, 'seed'), (64, 'seed'), (16, 'learning_rate')]
     out = {'benchmark': 'bundles', 'description': __doc__.splitlines()[0], 'rows': []}
-    _time(1, epochs, bundled=False)  # warm-up: the process's first run pays one-off costs
-    for n in sizes:
+    _time(1, epochs, bundled=False, vary='seed')  # warm-up: a process's first run pays more
+    for n, vary in cases:
         load = common.load()
-        solo_s, solo = _time(n, epochs, bundled=False)
-        bundle_s, bundled = _time(n, epochs, bundled=True)
+        solo_s, solo = _time(n, epochs, bundled=False, vary=vary)
+        bundle_s, bundled = _time(n, epochs, bundled=True, vary=vary)
         errors = [s['eval/error'] for s in solo] == [s['eval/error'] for s in bundled]
         row = {
             'runs': n,
+            'differ_in': vary,
             'steps': solo[0]['steps'],
             'solo_s_per_run': round(solo_s / n, 2),
             'bundle_s_per_run': round(bundle_s / n, 2),
@@ -83,7 +91,8 @@ def run(args) -> dict:
         }
         out['rows'].append(row)
         print(
-            f'  {n} runs of {row["steps"]} steps: solo {row["solo_s_per_run"]:.2f} s/run, '
+            f'  {n} runs ({vary}s) of {row["steps"]} steps: '
+            f'solo {row["solo_s_per_run"]:.2f} s/run, '
             f'bundle {row["bundle_s_per_run"]:.2f} s/run ({row["speedup"]:.2f}x; same eval '
             f'errors: {errors}; load {load[0]} -> {row["load_after"][0]})',
             flush=True,

@@ -6,6 +6,8 @@ with ``NORMLAB_COMPILATION_CACHE`` (read by `normlab/runtime.py`) pointing to on
 directory: the first run starts from an empty XLA compilation cache (cold), the
 second reuses what the first wrote (warm). Only the cache directory and the work
 directory differ from ``make demo``; ``--quick`` adds the study's ``smoke=True``.
+Then the same pair again with the study's ``seeds=2`` (its own cache: a bundle of 2
+runs is another program than one of 5), for the cost of the seeds a bundle adds.
 
     python -m scripts.bench.demo [--quick] [--out FILE]
 """
@@ -43,12 +45,11 @@ def demo_command(makefile: str = 'Makefile') -> list[str] | None:
     return None
 
 
-def timed_run(cmd: list[str], workdir: str, cache: str, quick: bool) -> dict:
+def timed_run(cmd: list[str], workdir: str, cache: str, study_args: list[str]) -> dict:
     cmd = [re.sub(r'^--workdir=.*', f'--workdir={workdir}', a) for a in cmd]
-    if quick:
+    for extra in study_args:  # appended to the study's own arguments
         cmd = [
-            a + (',' if ':' in a else ':') + 'smoke=True' if a.startswith('--config=') else a
-            for a in cmd
+            a + (',' if ':' in a else ':') + extra if a.startswith('--config=') else a for a in cmd
         ]
     env = {**os.environ, 'NORMLAB_COMPILATION_CACHE': cache, 'WANDB_MODE': 'offline'}
     load_before = common.load()
@@ -79,18 +80,25 @@ def run(args) -> dict:
         out['skipped'] = 'the Makefile has no one-line `demo` sweep recipe yet'
         print(out['skipped'])
         return out
+    quick = ['smoke=True'] if args.quick else []
     with tempfile.TemporaryDirectory(prefix='normlab-demo-bench-') as tmp:
-        cache = os.path.join(tmp, 'xla_cache')
-        os.makedirs(cache)
-        for label in ('cold', 'warm'):
-            row = {'cache': label, **timed_run(cmd, os.path.join(tmp, label), cache, args.quick)}
-            out['rows'].append(row)
-            print(
-                f'  {label}: {row["wall_s"]:.0f} s, {row["runs"]} runs, exit '
-                f'{row["returncode"]}, {row["cache_entries"]} cache entries, load '
-                f'{row["load_before"][0]} -> {row["load_after"][0]}',
-                flush=True,
-            )
+        for seeds in ([], ['seeds=2']):
+            cache = os.path.join(tmp, f'xla_cache{len(seeds)}')
+            os.makedirs(cache)
+            for label in ('cold', 'warm'):
+                workdir = os.path.join(tmp, f'{label}{len(seeds)}')
+                row = {
+                    'cache': label,
+                    'study_args': ','.join(seeds) or 'default',
+                    **timed_run(cmd, workdir, cache, quick + seeds),
+                }
+                out['rows'].append(row)
+                print(
+                    f'  {row["study_args"]}, {label}: {row["wall_s"]:.0f} s, {row["runs"]} runs, '
+                    f'exit {row["returncode"]}, {row["cache_entries"]} cache entries, load '
+                    f'{row["load_before"][0]} -> {row["load_after"][0]}',
+                    flush=True,
+                )
     return out
 
 

@@ -247,6 +247,8 @@ def bundles(result: dict) -> str:
     rows = [
         [
             r['runs'],
+            # Older results varied only the seed.
+            {'seed': 'seeds', 'learning_rate': 'learning rates'}[r.get('differ_in', 'seed')],
             r['steps'],
             f'{r["solo_s_per_run"]:.2f}',
             f'{r["bundle_s_per_run"]:.2f}',
@@ -256,7 +258,8 @@ def bundles(result: dict) -> str:
         ]
         for r in result['rows']
     ]
-    header = ['runs', 'steps', 'solo s/run', 'bundle s/run', 'speedup', 'same errors', 'load']
+    header = ['runs', 'differ in', 'steps', 'solo s/run', 'bundle s/run', 'speedup']
+    header += ['same errors', 'load']
     return _table(header, rows)
 
 

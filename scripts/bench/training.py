@@ -114,11 +114,13 @@ class JaxStep:
                 setattr(node, leaf, value)
         model = classifier.build_model(config, 10)
         mesh = parallel.data_mesh()
-        lr = optim.schedule(config, 1000, 100)
-        tx = optim.make_optimizer(config, lr)
+        tx = optim.make_optimizer(config, 1000, 100)
         self.state = classifier.init_state(config, model, tx, mesh, image_shape)
         step = steps.make_train_call(
-            classifier_steps.train_step_fn(model, tx, lr), mesh, steps_per_call=1, batch_fn=None
+            classifier_steps.train_step_fn(model, tx, optim.learning_rate_of(config, 1000, 100)),
+            mesh,
+            steps_per_call=1,
+            batch_fn=None,
         )
         rng = np.random.default_rng(0)
         b = config.batch_size

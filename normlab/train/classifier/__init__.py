@@ -63,6 +63,11 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int):
     return models.create(config.model, num_classes=num_classes, norm=build_norm(config), **kwargs)
 
 
+def has_dropout(config) -> bool:
+    """Whether the model drops units in training (``model_options.dropout_rate``)."""
+    return bool(config.model_options.get('dropout_rate'))
+
+
 def num_train_steps(config, *, data_dir=None) -> tuple[int, int]:
     """(total steps, steps per epoch); an explicit num_train_steps always wins."""
     examples = data.num_train_examples(config.dataset, data_dir=data_dir)
@@ -100,13 +105,30 @@ def abstract_state(model, tx, image_shape) -> TrainState:
     )
 
 
+def optimizer_and_step(config, model) -> tuple:
+    """(``make_tx(values)``: the optimizer starting from ``values``; the optimizer;
+    the per-device train step) of a config's runs; the optimizer's updates read each
+    run's hyperparameters from its state."""
+    total_steps, steps_per_epoch = num_train_steps(config, data_dir=config.data_dir)
+    tx = optim.make_optimizer(config, total_steps, steps_per_epoch)
+    step_fn = steps.train_step_fn(
+        model,
+        tx,
+        optim.learning_rate_of(config, total_steps, steps_per_epoch),
+        record_grad_norms=config.record_grad_norms,
+        dropout=has_dropout(config),
+    )
+
+    def make_tx(values):
+        return optim.make_optimizer(config, total_steps, steps_per_epoch, values)
+
+    return make_tx, tx, step_fn
+
+
 def trace_train_step(config, model, spec) -> None:
     """Traces (no compile) the init and one train step with abstract inputs."""
-    total_steps, steps_per_epoch = num_train_steps(config, data_dir=config.data_dir)
-    lr_fn = optim.schedule(config, total_steps, steps_per_epoch)
-    tx = optim.make_optimizer(config, lr_fn)
+    _, tx, step_fn = optimizer_and_step(config, model)
     state = abstract_state(model, tx, spec.image_shape)
-    step_fn = steps.train_step_fn(model, tx, lr_fn, record_grad_norms=config.record_grad_norms)
     call = multi_step.make_train_call(
         step_fn, parallel.data_mesh(), steps_per_call=1, batch_fn=None
     )
@@ -120,24 +142,27 @@ def trace_train_step(config, model, spec) -> None:
 
 
 def init_state(config, model, tx, mesh, image_shape) -> TrainState:
-    return init_states([config], model, tx, mesh, image_shape)[0]
+    """The initial state of one run whose optimizer `tx` holds its hyperparameters."""
+    return init_states([config], model, lambda values: tx, mesh, image_shape)[0]
 
 
-def init_states(configs, model, tx, mesh, image_shape) -> list[TrainState]:
-    """Each config's initial state from its seed, all by one compiled init."""
+def init_states(configs, model, make_tx, mesh, image_shape) -> list[TrainState]:
+    """Each config's initial state from its seed and `optim.hyperparams`, all by one
+    compiled init; ``make_tx(values)`` is the optimizer starting from ``values``."""
     dummy = jnp.zeros((2, *image_shape), jnp.float32)
 
-    def init(key_data):  # an argument, so every seed shares one executable
+    def init(key_data, values):  # arguments, so every seed and value share one executable
         # XLA:CPU takes ~10x longer to compile threefry than rbg for a model's init.
         key = jax.random.wrap_key_data(key_data, impl='rbg')
-        return TrainState.create(model.init(key, dummy, train=False), tx)
+        return TrainState.create(model.init(key, dummy, train=False), make_tx(values))
 
     keys = [np.asarray(jax.random.key_data(jax.random.key(c.seed, impl='rbg'))) for c in configs]
     if jax.process_count() > 1:  # the one thing that must agree: the seed, checked cheaply
         for c, key_data in zip(configs, keys, strict=True):
             multihost_utils.assert_equal(key_data, f'seed={c.seed} differs between processes')
-    compiled = compile_init(init, parallel.replicated(mesh), keys[0])
-    return [compiled(key_data) for key_data in keys]
+    values = [optim.hyperparams(c) for c in configs]
+    compiled = compile_init(init, parallel.replicated(mesh), keys[0], values[0])
+    return [compiled(k, v) for k, v in zip(keys, values, strict=True)]
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -149,7 +174,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def train_bundle(configs, workdirs) -> list:
-    """Trains runs that differ only in `normlab.train.bundle.BUNDLE_KEYS` as bundles;
+    """Trains runs that differ only in `normlab.train.bundle.BUNDLE_KEYS` (seeds, the
+    optimizer's scalar hyperparameters) as bundles;
     returns per run its summary or its error (`DivergedError`, `ConfigError`).
 
     Fresh runs on device-resident data train together, in bundles whose stacked state
@@ -189,8 +215,7 @@ def _state_bytes(config) -> int:
     """Bytes of one run's train state (from shapes only, nothing is computed)."""
     spec = data.get_spec(config.dataset)
     model = build_model(config, spec.num_classes)
-    total_steps, steps_per_epoch = num_train_steps(config, data_dir=config.data_dir)
-    tx = optim.make_optimizer(config, optim.schedule(config, total_steps, steps_per_epoch))
+    _, tx, _ = optimizer_and_step(config, model)
     state = abstract_state(model, tx, spec.image_shape)
     return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
 
@@ -200,7 +225,7 @@ def _train(configs, workdirs, *, bundled: bool) -> list:
     for c, w in zip(configs, workdirs, strict=True):
         if c is configs[0]:
             validate(c, w)
-        else:  # the rest differ only in seed and bookkeeping: the traced checks hold
+        else:  # the rest differ only in traced values and bookkeeping: the traces hold
             config_checks.check_classifier_config(c, jax.device_count())
             config_checks.check_workdir(w)
             config_checks.check_resume(c, w)
@@ -209,9 +234,8 @@ def _train(configs, workdirs, *, bundled: bool) -> list:
     spec = data.get_spec(config.dataset)
     total_steps, steps_per_epoch = num_train_steps(config, data_dir=config.data_dir)
     model = build_model(config, spec.num_classes)
-    lr_fn = optim.schedule(config, total_steps, steps_per_epoch)
-    tx = optim.make_optimizer(config, lr_fn)
-    states = init_states(configs, model, tx, mesh, spec.image_shape)
+    make_tx, tx, step_fn = optimizer_and_step(config, model)
+    states = init_states(configs, model, make_tx, mesh, spec.image_shape)
     state = jax.tree.map(lambda *xs: jnp.stack(xs), *states) if bundled else states[0]
 
     on_device = resident.on_device(
@@ -226,7 +250,6 @@ def _train(configs, workdirs, *, bundled: bool) -> list:
     load = lambda split: resident.load(config.dataset, split, mesh, data_dir=config.data_dir)  # noqa: E731
     train_split = load(spec.train_split) if on_device else None
     eval_split = load(spec.eval_split) if on_device else None
-    step_fn = steps.train_step_fn(model, tx, lr_fn, record_grad_norms=config.record_grad_norms)
     k = multi_step.default_steps_per_call(config, convolutional=_convolutional(model, spec))
     call = multi_step.make_train_call(
         step_fn,
@@ -262,8 +285,11 @@ def _train(configs, workdirs, *, bundled: bool) -> list:
             host_batches = multi_step.HostBatches(iterator, mesh, k)
         return call(state, host_batches.take(n), seed, np.int32(n))
 
+    # Evaluation never drops units, not even with batch statistics or for precise BN
+    # (the population statistics inference will see); dropout has no parameters.
+    eval_model = model.clone(dropout_rate=0.0) if has_dropout(config) else model
     evaluator = Evaluator(
-        config, model, mesh, train_split=train_split, eval_split=eval_split, fused=k > 1
+        config, eval_model, mesh, train_split=train_split, eval_split=eval_split, fused=k > 1
     )
     evaluates = [lambda state, step, seed=c.seed: evaluator(state, seed=seed) for c in configs]
     params = optim.count_params(states[0].params)

@@ -44,12 +44,30 @@ def layer_grad_norms(grads) -> dict:
     return {f'grad_norm/{name}': optax.global_norm(g) for name, g in grads.items()}
 
 
-def train_step_fn(model: nn.Module, tx, lr_fn, *, record_grad_norms: bool = False) -> Callable:
-    """The per-device ``(state, batch) -> (state, metrics)`` of one SGD step."""
+def dropout_key(seed, step) -> jax.Array:
+    """This device's dropout key at `step` of the run of `seed`: every step and device
+    drops its own units, and a run's masks depend only on its seed and device layout.
+    Threefry, not rbg: rbg's bits under `jax.vmap` (a bundle) differ from a solo run's."""
+    key = jax.random.fold_in(jax.random.key(seed, impl='threefry2x32'), step)
+    return jax.random.fold_in(key, lax.axis_index(DATA_AXIS))
 
-    def step(state: TrainState, batch):
+
+def train_step_fn(
+    model: nn.Module,
+    tx,
+    lr_of: Callable,
+    *,
+    record_grad_norms: bool = False,
+    dropout: bool = False,
+) -> Callable:
+    """The per-device ``(state, batch, seed) -> (state, metrics)`` of one SGD step;
+    ``lr_of(state)`` is the learning rate the step applies (logged). ``dropout``: the
+    model has dropout layers, which get `dropout_key`."""
+
+    def step(state: TrainState, batch, seed):
         mask = batch['mask']
         count = lax.psum(jnp.sum(mask), DATA_AXIS)
+        rngs = {'dropout': dropout_key(seed, state.step)} if dropout else None
 
         def loss_fn(params):
             logits, new_state = model.apply(
@@ -57,6 +75,7 @@ def train_step_fn(model: nn.Module, tx, lr_fn, *, record_grad_norms: bool = Fals
                 batch['image'],
                 train=True,
                 mutable=list(state.model_state),
+                rngs=rngs,
             )
             loss_sum, correct, _ = _sums(logits, batch['label'], mask)
             return loss_sum / count, (new_state, correct)
@@ -77,7 +96,7 @@ def train_step_fn(model: nn.Module, tx, lr_fn, *, record_grad_norms: bool = Fals
         metrics = {
             'train/loss': loss,
             'train/error': 1.0 - lax.psum(correct, DATA_AXIS) / count,
-            'train/lr': lr_fn(state.step),
+            'train/lr': lr_of(state),
             'train/grad_norm': grad_norm,
             FINITE: jnp.isfinite(loss) & jnp.isfinite(grad_norm),
         }

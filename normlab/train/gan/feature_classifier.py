@@ -279,7 +279,10 @@ def _train_and_save(dataset, space, recipe: Recipe, model, init, path, data_dir)
     config = _loop_config(recipe)
     k = multi_step.default_steps_per_call(config, convolutional=True)
     call = multi_step.make_train_call(
-        classifier_steps.train_step_fn(model, tx, lr), mesh, steps_per_call=k, batch_fn=None
+        classifier_steps.train_step_fn(model, tx, lambda s: lr(s.step)),
+        mesh,
+        steps_per_call=k,
+        batch_fn=None,
     )
     batches = data.train_iterator(
         dataset, global_batch_size=recipe.batch_size, seed=recipe.seed, data_dir=data_dir

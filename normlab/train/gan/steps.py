@@ -117,7 +117,8 @@ def train_step_fn(
     global_batch_size: int,
     d_loss_floor: float,
 ):
-    """The per-device ``(state, batch) -> (state, metrics)`` of one generator step.
+    """The per-device ``(state, batch, seed) -> (state, metrics)`` of one generator step
+    (the noise's seed is ``options.seed``: GAN runs train alone).
 
     ``batch['image']`` is this device's ``(local_batch, d_steps, H, W, C)`` normalized
     pipeline images (one real batch per discriminator update, stacked on axis 1) and
@@ -134,7 +135,8 @@ def train_step_fn(
     def labels_or_none(y):
         return y if conditional else None
 
-    def step(state: GANState, batch):
+    def step(state: GANState, batch, seed):
+        del seed  # the same value as o.seed
         local = batch['image'].shape[0]
         z, fake_labels = noise(
             o.seed,
