@@ -252,29 +252,106 @@ def test_the_launcher_sends_configs_with_a_generator_to_the_gan_trainer(cache_di
     assert registry.trainer_for(smoke_config(cache_dir)) is gan.train_and_evaluate
 
 
-def test_the_gan_norms_study_loads_and_draws_its_heat_maps(tmp_path):
-    from normlab.studies.results import RunRecord, Table
-    from normlab.studies.study import load_study
+def test_the_gan_norms_smoke_study_tabulates_spectral_norm_as_a_discriminator_column(tmp_path):
+    from tests.test_claim_studies import sweep_in_process
 
-    study = load_study('experiments/gan_norms.py')
-    runs = study.runs()
-    assert len(runs) == 4 * 4 * 2
-    spectral = [r for r in runs if r.overrides['discriminator.spectral_norm']]
-    assert {r.overrides['discriminator.norm.name'] for r in spectral} == {'none'}
-    records = []
-    for i, r in enumerate(runs):
-        diverged = r.point['generator.norm.name'] == 'none' and r.seed == 1
-        summary = {'eval/frechet_distance': 1.0 + i % 7, 'eval/label_entropy': 2.3 - 0.1 * (i % 5)}
-        records.append(
-            RunRecord(
-                r.name, 'diverged' if diverged else 'finished', {**r.point, 'seed': r.seed}, summary
-            )
-        )
-    found = study.report.findings(Table(study, records))
-    assert found[0].startswith('Lowest Frechet distance') and 'Diverged runs' in found[-1]
-    paths = study.report.plots(records, str(tmp_path))
-    assert [os.path.basename(p) for p in paths] == [
+    workdir = str(tmp_path / 'runs')
+    # One seed: four runs (the CPU time of this test), and a verdict that cannot vary.
+    out = sweep_in_process('experiments/gan_norms.py:smoke=True,seeds=1', workdir)
+    report = open(os.path.join(workdir, 'report.md')).read()
+    for metric in ('eval/frechet_distance', 'eval/label_entropy'):
+        table = report.split(f'### {metric}\n\n')[1].split('\n\n')[0].splitlines()
+        cells = [[c.strip() for c in line.strip('|').split('|')] for line in table]
+        assert cells[0] == ['G norm \\ D norm', 'batch_norm', 'spectral'], table
+        assert [row[0] for row in cells[2:]] == ['batch_norm', 'none'], table
+        for row in cells[2:]:  # every cell filled: the seed's value, or div.
+            assert all(c[0].isdigit() or c.startswith('div.') for c in row[1:]), table
+    for name in (
+        'eval_frechet_distance.png',
         'heatmap_frechet_distance.png',
         'heatmap_label_entropy.png',
         'heatmap_diverged.png',
+        'frechet_distance_over_training.png',
+    ):
+        assert name in out.plot_paths and os.path.getsize(os.path.join(workdir, name)) > 1000
+    assert out.findings[0].startswith('Frechet distance over its floor (real test vs train')
+    assert any(f.startswith('Failed runs per discriminator norm') for f in out.findings)
+    assert 'seed noise cannot be estimated' in out.findings[-1], out.findings
+
+
+def _records(fd_by_d, spread=0.05, diverged=()):
+    """The full grid's runs with Frechet distance ``fd_by_d[d] (+- spread by seed)`` times
+    the floor; ``(g, d, seed)`` in `diverged` diverged."""
+    import experiments.gan_norms as gan_norms
+    from normlab.studies.results import RunRecord
+    from normlab.studies.study import load_study
+
+    study = load_study('experiments/gan_norms.py:seeds=3')
+    records = []
+    for r in study.runs():
+        d = gan_norms.d_label(r.point)
+        key = (r.point[gan_norms.G_KEY], d, r.seed)
+        summary = {
+            gan_norms.FD: 0.25 * (fd_by_d[d] + spread * (r.seed - 1)),
+            gan_norms.FLOOR: 0.25,
+            gan_norms.ENTROPY: 2.29,
+            'steps': 2500,
+        }
+        status = 'diverged' if key in diverged else 'finished'
+        records.append(RunRecord(r.name, status, {**r.point, 'seed': r.seed}, summary))
+    return study, records
+
+
+@pytest.mark.parametrize(
+    'fd_by_d, diverged, verdict',
+    [
+        (
+            {'batch_norm': 12, 'layer_norm': 11, 'spectral': 9, 'none': 14},
+            (),
+            'The published effect appears after 2500 generator steps',
+        ),
+        (
+            {'batch_norm': 12, 'layer_norm': 11, 'spectral': 9, 'none': 14},
+            (('batch_norm', 'spectral', 0), ('layer_norm', 'spectral', 1)),
+            'but LN, BN, no norm fail less often',
+        ),
+        (
+            {'batch_norm': 9.02, 'layer_norm': 11, 'spectral': 9, 'none': 14},
+            (),
+            'SN and BN differ by less than 2 standard errors',
+        ),
+        (
+            {'batch_norm': 12, 'layer_norm': 8, 'spectral': 9, 'none': 14},
+            (),
+            'does not appear after 2500 generator steps: LN reaches a lower distance',
+        ),
+    ],
+)
+def test_gan_norms_findings_call_spectral_norm_better_only_beyond_seed_noise(
+    fd_by_d, diverged, verdict
+):
+    from normlab.studies.results import Table
+
+    study, records = _records(fd_by_d, diverged=diverged)
+    found = study.report.findings(Table(study, records))
+    assert found[0].startswith('Frechet distance over its floor') and 'SN 9.0x' in found[0]
+    assert verdict in found[-1], found
+    sn_vs_none = next(f for f in found if f.startswith('SN minus no norm'))
+    difference = float(sn_vs_none.split(': ')[1].split('x')[0])
+    assert difference == pytest.approx(9 - 14, abs=0.05), sn_vs_none
+    assert 'lower beyond noise with 4,' in sn_vs_none, sn_vs_none
+
+
+def test_gan_norms_heat_map_cells_show_the_seed_spread(tmp_path):
+    import experiments.gan_norms as gan_norms
+
+    assert gan_norms.cell_text((40.0, 42.0), 1, lambda v: f'{v:.3g}') == '41 ± 1.41\n(n=2)\n1 div.'
+    assert gan_norms.cell_text((), 2, str) == 'div.\n2 div.'
+    study, records = _records({'batch_norm': 12, 'layer_norm': 11, 'spectral': 9, 'none': 14})
+    paths = study.report.plots(records, str(tmp_path))
+    assert paths == [
+        'heatmap_frechet_distance.png',
+        'heatmap_label_entropy.png',
+        'heatmap_diverged.png',
+        'frechet_distance_over_training.png',
     ]

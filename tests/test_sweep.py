@@ -247,6 +247,68 @@ def test_grid_helpers_and_run_names():
     ]
 
 
+def test_categorical_x_is_drawn_as_dodged_unconnected_points(swept):
+    import dataclasses
+
+    from normlab.studies import plots, results
+    from normlab.studies.study import Report
+
+    spec, workdir, _ = swept
+    study = load_study(spec)
+    records = results.local_records(study, workdir)
+
+    def data_lines(report):
+        table = results.Table(dataclasses.replace(study, report=report), records)
+        ax = plots.draw(table, 'eval/error').axes[0]
+        lines = [c.lines[0] for c in ax.containers]  # each errorbar's data line
+        ticks = [t.get_text() for t in ax.get_xticklabels()]
+        return [(list(line.get_xdata()), line.get_linestyle()) for line in lines], ticks
+
+    # Norm names on x: each batch size is a row of points beside the other, unconnected.
+    lines, ticks = data_lines(Report(x='norm.name', series='batch_size', log_x=False))
+    assert ticks == ['batch_norm', 'none']
+    shift = plots.DODGE_SPAN / 4
+    assert [[round(x, 6) for x in xs] for xs, _ in lines] == [
+        [-shift, 1 - shift],
+        [shift, 1 + shift],
+    ]
+    assert {style for _, style in lines} == {'None'}
+    # Batch sizes on x: lines through the values themselves.
+    lines, ticks = data_lines(Report(x='batch_size', series='norm.name'))
+    assert ticks == ['4', '8'] and lines == [([4, 8], '-'), ([4, 8], '-')]
+
+
+def test_a_report_axis_replaces_the_grid_keys_it_is_computed_from(swept, tmp_path):
+    import dataclasses
+
+    from normlab.studies import Axis, report, results
+    from normlab.studies.study import Report, validate
+
+    spec, workdir, _ = swept
+    study = load_study(spec)
+    records = results.local_records(study, workdir)
+    # One axis from two keys: the table has one column per (norm, batch) pair, one row.
+    pair = Axis(('norm.name', 'batch_size'), lambda p: f'{p["norm.name"]}@{p["batch_size"]}')
+    paired = dataclasses.replace(study, report=Report(x='pair', series=None, axes={'pair': pair}))
+    validate(paired)
+    table = results.Table(paired, records)
+    assert table.axes == ['pair']
+    header, rows = report.pivot(table, 'eval/error')
+    assert header == ['run \\ pair', 'batch_norm@4', 'batch_norm@8', 'none@4', 'none@8']
+    assert len(rows) == 1 and '—' not in rows[0]
+    for bad, words in (
+        (Report(x='norm.name', series=None, axes={'pair': pair}), "report.x='norm.name'"),
+        (Report(x='pair', axes={'pair': Axis(('norm.nme',), str)}), "reads 'norm.nme'"),
+        (
+            Report(x='a', axes={'a': Axis(('norm.name',), str), 'b': Axis(('norm.name',), str)}),
+            'in another axis',
+        ),
+    ):
+        with pytest.raises(StudyError, match=None) as e:
+            validate(dataclasses.replace(study, report=bad))
+        assert words in str(e.value), str(e.value)
+
+
 LONG_STUDY = TINY_STUDY.replace("'num_train_steps': 4", "'num_train_steps': 10**6")
 
 

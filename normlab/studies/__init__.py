@@ -15,6 +15,6 @@ Modules, in the order a sweep uses them:
 """
 
 from normlab.studies import grid
-from normlab.studies.study import Report, Study, StudyError, load_study
+from normlab.studies.study import Axis, Report, Study, StudyError, load_study
 
-__all__ = ['Report', 'Study', 'StudyError', 'grid', 'load_study']
+__all__ = ['Axis', 'Report', 'Study', 'StudyError', 'grid', 'load_study']

@@ -2,7 +2,9 @@
 
 `plot_table` draws each metric against the study's x key, one line per series
 value, error bars one standard deviation over seeds, a log2 axis for batch sizes
-and learning rates. With ``series='metric'`` all metrics share one figure.
+and learning rates; when the x values are categories (norm names), each series is
+a row of unconnected points, dodged side by side at each category. With
+``series='metric'`` all metrics share one figure.
 `plot_curves` draws metrics over training steps from each run's history (for
 studies that look at training dynamics), averaged over seeds. `plot_profiles`
 draws values against a position, such as each layer's gradient norm against its
@@ -37,10 +39,8 @@ def _numeric(values) -> bool:
 def _lines(table: Table, metric: str | None):
     """(label, metric, [(x, cell)]) for every line of one figure."""
     report = table.study.report
-    keys = [k for k in table.keys if k not in (report.x, report.series)]
-    if report.series not in (None, 'metric'):
-        keys.insert(0, report.series)
-    shorts = short_keys(table.keys)
+    keys = report_lib.row_keys(table)
+    shorts = short_keys(table.axes)
     combos = list(dict.fromkeys(tuple((k, p[k]) for k in keys) for p in table.points))
     metrics = table.metrics if metric is None else [metric]
     for m in metrics:
@@ -59,16 +59,29 @@ def _lines(table: Table, metric: str | None):
             yield ', '.join(parts) or m, m, points
 
 
-def _figure(table: Table, metric: str | None, path: str) -> None:
+# Of the unit gap between two categories, the part the series' points spread over.
+DODGE_SPAN = 0.6
+
+
+def draw(table: Table, metric: str | None):
+    """The figure of one metric (or, with `metric` None, every metric) against x: a
+    line per series over numeric x values; over categories (norm names, True/False),
+    a point per series at each category, side by side, unconnected (their order
+    means nothing). Error bars: one standard deviation over the finished seeds."""
     report = table.study.report
     xs = table.values(report.x)
     numeric = _numeric(xs)
-    position = {x: (x if numeric else i) for i, x in enumerate(xs)}
+    lines = list(_lines(table, metric))
     shown_metric = metric or table.metrics[0]
     scale = 100.0 if report_lib.is_fraction(shown_metric) else 1.0
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     diverged = []
-    for name, _, points in _lines(table, metric):
+    for i, (name, _, points) in enumerate(lines):
+        if numeric:
+            position = {x: x for x in xs}
+        else:
+            shift = DODGE_SPAN * ((i + 0.5) / len(lines) - 0.5)
+            position = {x: j + shift for j, x in enumerate(xs)}
         done = [(x, c) for x, c in points if c.n > 0]
         if done:
             ax.errorbar(
@@ -78,6 +91,7 @@ def _figure(table: Table, metric: str | None, path: str) -> None:
                 marker='o',
                 markersize=4,
                 capsize=3,
+                linestyle='-' if numeric else 'none',
                 label=name,
             )
         diverged += [position[x] for x, c in points if c.n == 0 and c.diverged]
@@ -86,10 +100,13 @@ def _figure(table: Table, metric: str | None, path: str) -> None:
         ax.plot(diverged, [top] * len(diverged), 'kx', label='diverged', clip_on=False)
     if numeric and report.log_x and all(x > 0 for x in xs):
         ax.set_xscale('log', base=2 if all(float(x).is_integer() for x in xs) else 10)
-    ax.set_xticks([position[x] for x in xs])
+    ticks = xs if numeric else range(len(xs))
+    ax.set_xticks(list(ticks))
     ax.set_xticklabels([format_value(x) for x in xs])
+    if not numeric:
+        ax.set_xlim(-0.5, len(xs) - 0.5)
     ax.minorticks_off()
-    ax.set_xlabel(short_keys(table.keys)[report.x])
+    ax.set_xlabel(short_keys(table.axes)[report.x])
     ax.set_ylabel(report_lib.label(shown_metric) if metric else 'value (%)' if scale > 1 else '')
     shown = [metric] if metric else table.metrics
     if all(map(report_lib.is_fraction, shown)) and _spans_decades(table, shown):
@@ -102,8 +119,14 @@ def _figure(table: Table, metric: str | None, path: str) -> None:
         else table.study.name
     )
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    series = report.series not in (None, 'metric')
+    ax.legend(fontsize=8, title=short_keys(table.axes)[report.series] if series else None)
     fig.tight_layout()
+    return fig
+
+
+def _figure(table: Table, metric: str | None, path: str) -> None:
+    fig = draw(table, metric)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -72,9 +72,11 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return '\n'.join([line(header), rule, *(line(r) for r in rows)])
 
 
-def _row_keys(table: Table) -> list[str]:
+def row_keys(table: Table) -> list[str]:
+    """The axes that name a table row (a plot line): the series first, then every
+    axis but x."""
     report = table.study.report
-    keys = [k for k in table.keys if k != report.x and k != report.series]
+    keys = [k for k in table.axes if k != report.x and k != report.series]
     if report.series not in (None, 'metric'):
         keys.insert(0, report.series)
     return keys
@@ -91,8 +93,8 @@ def pivot(table: Table, metric: str | None = None) -> tuple[list[str], list[list
     (``series='metric'`` or no x axis).
     """
     report = table.study.report
-    keys = _row_keys(table)
-    shorts = short_keys(table.keys)
+    keys = row_keys(table)
+    shorts = short_keys(table.axes)
     metrics = [metric] if metric else table.metrics
     by_metric = metric is None and report.x is not None
     row_label = ', '.join([*(['metric'] if by_metric else []), *(shorts[k] for k in keys)])
@@ -139,10 +141,10 @@ def generic_findings(table: Table) -> list[str]:
     if not scored:
         return ['No run finished, so there is nothing to compare yet.']
     best, worst = min(scored, key=lambda s: s[0]), max(scored, key=lambda s: s[0])
-    shorts = short_keys(table.keys)
+    shorts = short_keys(table.axes)
 
     def where(p):
-        return ', '.join(f'{shorts[k]}={format_value(v)}' for k, v in p.items())
+        return ', '.join(f'{shorts[k]}={format_value(p[k])}' for k in table.axes)
 
     return [
         f'Lowest {LABELS.get(metric, metric)}: {number(best[0], metric)}'

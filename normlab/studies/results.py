@@ -219,12 +219,18 @@ class Table:
 
     ``table.cell('eval/error', **{'norm.name': 'batch_norm', 'batch_size': 2})``
     finds a point by (a subset of) its keys; ``table.values(key)`` lists a key's
-    values in grid order.
+    values in grid order. Runs are grouped by the grid keys (``keys``); each point
+    also holds the value of every `normlab.studies.study.Axis` of the report, and
+    ``axes`` lists what tables and plots show: each report axis in place of the grid
+    keys it reads, the other grid keys as they are.
     """
 
     def __init__(self, study: Study, records: Sequence[RunRecord]):
         self.study = study
         self.keys, _ = study_keys(study)
+        derived = study.report.axes
+        read = {k: name for name, ax in derived.items() for k in ax.keys}
+        self.axes = list(dict.fromkeys(read.get(k, k) for k in self.keys))
         self.metrics = list(study.report.metrics)
         self.records = list(records)
         groups: dict[tuple, list[RunRecord]] = {}
@@ -237,7 +243,8 @@ class Table:
         for key, runs in groups.items():
             if not runs:
                 continue
-            self.points.append(dict(zip(self.keys, key, strict=True)))
+            point = dict(zip(self.keys, key, strict=True))
+            self.points.append({**point, **{n: ax.value(point) for n, ax in derived.items()}})
             self.cells.append({m: self._cell(runs, m) for m in self.metrics})
 
     def _key(self, params: dict) -> tuple:

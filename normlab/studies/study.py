@@ -49,20 +49,47 @@ class StudyError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
+class Axis:
+    """A report axis computed from grid keys that vary together, shown as one value.
+
+    Spectral norm in a GAN discriminator is ``discriminator.spectral_norm=True`` with
+    ``discriminator.norm.name='none'``: two grid keys, one choice. Tabulated by its keys,
+    it would be a ``spectral_norm=True`` row beside the norm name; as an axis it is one
+    column named by the study::
+
+        Axis(keys=('discriminator.norm.name', 'discriminator.spectral_norm'),
+             value=lambda p: 'spectral' if p['discriminator.spectral_norm']
+             else p['discriminator.norm.name'])
+
+    Attributes:
+      keys: the grid keys the axis replaces in tables and plots.
+      value: ``value(point) -> the axis's value`` at a grid point (a dict of its keys).
+    """
+
+    keys: tuple[str, ...]
+    value: Callable[[Mapping[str, Any]], Any]
+
+
+@dataclasses.dataclass(frozen=True)
 class Report:
     """What a study reports.
 
     Attributes:
       metrics: summary.json keys to tabulate and plot; the first is the headline.
         Keys ending in ``error`` (fractions) are shown in percent.
-      x: the config key on the plots' x axis and the table's columns (None: none).
-      series: the config key with one plot line (and one table row) per value;
-        ``'metric'`` for one line per entry of `metrics`; None for a single line.
+      x: the config key (or `axes` name) on the plots' x axis and the table's
+        columns (None: none). Numbers are drawn on a value axis, anything else
+        (norm names) as categories.
+      series: the config key (or `axes` name) with one plot line (and one table row)
+        per value; ``'metric'`` for one line per entry of `metrics`; None for a
+        single line.
       log_x: log-scale x axis (batch sizes, learning rates).
       findings: ``findings(table) -> list of sentences`` computed from the
         aggregated `normlab.studies.results.Table`: the answer the study gives.
       plots: ``plots(records, outdir) -> list of PNG paths``: extra figures (for
         instance curves over training read from each run's metrics).
+      axes: ``{name: Axis}``: axes shown in place of the grid keys they are computed
+        from, in every table and plot; `x` and `series` may name them.
     """
 
     metrics: tuple[str, ...] = ('eval/error',)
@@ -71,6 +98,7 @@ class Report:
     log_x: bool = True
     findings: Callable | None = None
     plots: Callable | None = None
+    axes: Mapping[str, Axis] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,13 +254,27 @@ def validate(study: Study) -> None:
                     f'study {study.name!r}: {key}=None in run {run.name}; None cannot be '
                     'passed as a --config flag (use an explicit value)'
                 )
-    if study.report.x is not None and study.report.x not in grid_keys:
+    report = study.report
+    used: set[str] = set()
+    for name, ax in report.axes.items():
+        if name in grid_keys:
+            raise StudyError(f'study {study.name!r}: report axis {name!r} is also a grid key')
+        for key in ax.keys:
+            if key not in grid_keys or key in used:
+                raise StudyError(
+                    f'study {study.name!r}: report axis {name!r} reads {key!r}, which is '
+                    f'{"in another axis" if key in used else "not a grid key"} '
+                    f'(grid keys: {", ".join(sorted(grid_keys))})'
+                )
+            used.add(key)
+    axis_names = (grid_keys - used) | set(report.axes)  # a key read by an axis is shown as it
+    if report.x is not None and report.x not in axis_names:
         raise StudyError(
-            f'study {study.name!r}: report.x={study.report.x!r} is not a grid key '
-            f'({", ".join(sorted(grid_keys))})'
+            f'study {study.name!r}: report.x={report.x!r} is not a grid key or report axis '
+            f'({", ".join(sorted(axis_names))})'
         )
-    series = study.report.series
-    if series not in (None, 'metric') and series not in grid_keys:
+    if report.series not in (None, 'metric') and report.series not in axis_names:
         raise StudyError(
-            f"study {study.name!r}: report.series={series!r} is not a grid key, 'metric' or None"
+            f'study {study.name!r}: report.series={report.series!r} is not a grid key, '
+            "report axis, 'metric' or None"
         )
