@@ -12,8 +12,15 @@ CACHE_DIR = os.environ.get(
 # jaxlib 0.10's XLA:CPU runs convolutions through YNNPACK, whose kernels are slower than
 # Eigen's on AVX2 CPUs: CIFAR ResNet-20 trains 1.3x faster without it and its
 # weight-gradient convolutions run 2.7-3.4x faster (BENCHMARKS.md, section 2).
+# Simulated CPU devices (``xla_force_host_platform_device_count``) meet in collective
+# rendezvous; on a loaded 2-core machine a device thread can arrive late, and past
+# XLA's termination timeout the process aborts (SIGABRT, "Termination timeout ...
+# exceeded"): wait up to 10 minutes instead.
 # CPU-only flags: other backends ignore them. A value the user put in XLA_FLAGS wins.
-CPU_XLA_FLAGS = {'--xla_cpu_experimental_ynn_fusion_type': '-individual_convolution'}
+CPU_XLA_FLAGS = {
+    '--xla_cpu_experimental_ynn_fusion_type': '-individual_convolution',
+    '--xla_cpu_collective_call_terminate_timeout_seconds': '600',
+}
 
 
 def xla_flags(current: str) -> str:

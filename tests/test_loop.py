@@ -306,11 +306,15 @@ def test_ctrl_c_says_in_one_line_where_the_run_stopped(tmp_path):
     workdir = tmp_path / 'run'
     args = [*MLP_ARGS, '--config.num_train_steps=1000000', '--config.checkpoint_every_steps=100']
     proc = launch([*args, f'--workdir={workdir}'], background=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not _finalized(workdir / 'checkpoints'):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not _finalized(workdir / 'checkpoints'):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # a no-op once it has exited
+        proc.communicate()
     assert proc.returncode == 130
     assert 'Traceback' not in stderr
     last = stderr.strip().splitlines()[-1]

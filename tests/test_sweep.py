@@ -22,6 +22,7 @@ from normlab.studies import grid, load_study, runner, wandb_sweep, workflows
 from normlab.studies import study as study_lib
 from normlab.studies.command import FlagError, parse, run_flags
 from normlab.studies.study import StudyError
+from tests.test_train import default_sigint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -327,13 +328,28 @@ def start_long_sweep(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=default_sigint,
     )
     run = workdir / 'norm=batch_norm,batch_size=4,seed=0'
     deadline = time.time() + 180
     while not (run / 'metrics.jsonl').exists():
-        assert proc.poll() is None and time.time() < deadline, 'the run never started'
+        if proc.poll() is not None or time.time() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError('the run never started')
         time.sleep(0.2)
     return proc, run
+
+
+@pytest.fixture
+def long_sweep(tmp_path):
+    """`start_long_sweep`'s (process, run); whatever the test leaves running is killed."""
+    proc, run = start_long_sweep(tmp_path)
+    yield proc, run
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.communicate()
 
 
 def children(pid: int) -> list[int]:
@@ -369,8 +385,8 @@ def alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='PR_SET_PDEATHSIG is Linux')
-def test_a_killed_sweep_takes_its_workers_with_it(tmp_path):
-    proc, run = start_long_sweep(tmp_path)
+def test_a_killed_sweep_takes_its_workers_with_it(long_sweep):
+    proc, run = long_sweep
     workers = children(proc.pid)
     assert workers, 'the sweep runs its run in a worker process'
     os.kill(proc.pid, signal.SIGKILL)
@@ -384,8 +400,8 @@ def test_a_killed_sweep_takes_its_workers_with_it(tmp_path):
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
-def test_ctrl_c_stops_a_sweep_with_one_line(tmp_path):
-    proc, run = start_long_sweep(tmp_path)
+def test_ctrl_c_stops_a_sweep_with_one_line(tmp_path, long_sweep):
+    proc, run = long_sweep
     workers = children(proc.pid)
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends: the whole group
     stdout, stderr = proc.communicate(timeout=60)

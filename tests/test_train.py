@@ -45,11 +45,24 @@ def launch(args, *, devices=4, env=None, check=True, **kwargs):
     }
     cmd = [sys.executable, '-m', 'normlab.main', *args]
     if kwargs.get('background'):
-        return subprocess.Popen(cmd, env=full_env, cwd=REPO, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            cmd,
+            env=full_env,
+            cwd=REPO,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=default_sigint,
+        )
     proc = subprocess.run(cmd, env=full_env, cwd=REPO, capture_output=True, text=True)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
+
+
+def default_sigint():
+    """In a child before exec: Ctrl-C raises KeyboardInterrupt again, even when this
+    test session runs in the background, where the shell set SIGINT to be ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def summary(workdir):
