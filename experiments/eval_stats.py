@@ -55,19 +55,6 @@ def derive(point):
 T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
 
 
-def _paired(table, batch_size: int, a: str, b: str) -> list[float]:
-    """``a - b`` of each finished run at `batch_size` (same run, two metrics)."""
-    out = []
-    for r in table.records:
-        if r.status != 'finished' or r.params.get('batch_size') != batch_size:
-            continue
-        try:
-            out.append(float(r.summary[a]) - float(r.summary[b]))
-        except (KeyError, TypeError, ValueError):
-            continue
-    return out
-
-
 def findings(table) -> list[str]:
     sizes = sorted(table.values('batch_size'))
     out = []
@@ -88,7 +75,7 @@ def findings(table) -> list[str]:
     # seeds' spread is mostly shared by the two modes and cancels in the difference).
     beats, ties = [], []
     for b in sizes:
-        diffs = _paired(table, b, 'eval/error', 'eval_precise/error')
+        diffs = table.differences('eval/error', 'eval_precise/error', batch_size=b)
         if len(diffs) < 2:
             continue
         d = Cell(tuple(100 * x for x in diffs))

@@ -57,19 +57,6 @@ def _name(norm, vb, p=0.0) -> str:
     return name + (f' + dropout {p:g}' if p else '')
 
 
-def _gaps(table, where, test='eval/error', train='eval_train/error') -> list[float]:
-    runs = [
-        r
-        for r in table.records
-        if r.status == 'finished' and all(r.params.get(k) == v for k, v in where.items())
-    ]
-    return [
-        float(r.summary[test]) - float(r.summary[train])
-        for r in runs
-        if test in r.summary and train in r.summary
-    ]
-
-
 def _beyond_noise(a: list[float], b: list[float]) -> bool:
     ca, cb = Cell(tuple(a)), Cell(tuple(b))
     return min(ca.n, cb.n) > 1 and abs(ca.mean - cb.mean) > 2 * (ca.std + cb.std)
@@ -102,11 +89,11 @@ def findings(table) -> list[str]:
         errors, losses = {}, {}
         for norm, vb, p in variants:
             where = {'norm.name': norm, VB: vb, WD: wd, DROP: p}
-            error_gaps = _gaps(table, where)
+            error_gaps = table.differences('eval/error', 'eval_train/error', **where)
             if not error_gaps:
                 continue
             errors[(norm, vb, p)] = error_gaps
-            losses[(norm, vb, p)] = _gaps(table, where, 'eval/loss', 'eval_train/loss')
+            losses[(norm, vb, p)] = table.differences('eval/loss', 'eval_train/loss', **where)
             test = table.cell(m, **where)
             train = table.cell('eval_train/error', **where)
             out.append(

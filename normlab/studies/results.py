@@ -274,6 +274,18 @@ class Table:
             raise KeyError(f'{len(matches)} grid points match {where}')
         return matches[0]
 
+    def differences(self, a: str, b: str, **where) -> list[float]:
+        """``a - b`` of each finished run whose params match `where` (two metrics of one
+        run, e.g. test minus train error: seed noise both share cancels)."""
+        out = []
+        for r in self.records:
+            if r.status != 'finished' or any(r.params.get(k) != v for k, v in where.items()):
+                continue
+            value = as_float(r.summary.get(a)) - as_float(r.summary.get(b))
+            if not math.isnan(value):
+                out.append(value)
+        return out
+
     def has(self, **where) -> bool:
         return any(
             all(_hashable(p.get(k)) == _hashable(v) for k, v in where.items()) for p in self.points

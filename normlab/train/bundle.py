@@ -15,29 +15,29 @@ import json
 import os
 from collections.abc import Hashable, Iterable, Sequence
 
-# Keys that may differ between the runs of one bundle, each with what of its value
-# still shapes the program (None: nothing). Traced per run: `seed` (the init key and
-# the resident data order) and the optimizer's scalars (`optim.HYPERPARAMS`; a zero
-# momentum or weight decay drops a buffer or a term); bookkeeping: `wandb`, `study`.
-BUNDLE_KEYS = {
-    'seed': None,
-    'wandb': None,
-    'study': None,
-    'learning_rate': None,
-    'weight_decay': bool,
-    'momentum': bool,
-}
+# The optimizer's scalars, traced per run (`normlab.train.optim` keeps them in the
+# optimizer state), each with what of its value still shapes the program (None:
+# nothing; a zero momentum or weight decay drops a buffer or a term).
+OPTIMIZER_SCALARS = {'learning_rate': None, 'weight_decay': bool, 'momentum': bool}
+# Keys that may differ between the runs of one bundle: `seed` (the init key and the
+# resident data order), the optimizer's scalars, and bookkeeping (`wandb`, `study`).
+BUNDLE_KEYS = {'seed': None, 'wandb': None, 'study': None, **OPTIMIZER_SCALARS}
 # Most bytes of train state (parameters, optimizer state, batch statistics) one
 # bundle holds on a device; more runs than fit are split into several bundles.
 STATE_BUDGET_BYTES = 512 * 2**20
 
 
-def bundle_key(config: dict) -> Hashable:
-    """What runs of one bundle share: the config (as JSON) with each of `BUNDLE_KEYS`
-    reduced to what shapes the program."""
+def _program_view(config: dict) -> dict:
+    """What of `config` shapes the program: every key but `BUNDLE_KEYS`, and of those
+    what their reductions keep."""
     shared = {k: v for k, v in config.items() if k not in BUNDLE_KEYS}
     shared.update({k: f(config[k]) for k, f in BUNDLE_KEYS.items() if f and k in config})
-    return json.dumps(shared, sort_keys=True)
+    return shared
+
+
+def bundle_key(config: dict) -> Hashable:
+    """What runs of one bundle share: `_program_view` of the config, as JSON."""
+    return json.dumps(_program_view(config), sort_keys=True)
 
 
 def group(configs: Sequence[dict], cap: int | None) -> list[list[int]]:
@@ -59,16 +59,16 @@ def check_bundle(configs: Sequence[dict]) -> None:
     """Raises ConfigError naming the first key that differs where a bundle may not."""
     from normlab.train.config_checks import ConfigError  # not at import: the sweep groups
 
-    first = configs[0]
-    for other in configs[1:]:
+    first = _program_view(configs[0])
+    for config in configs[1:]:
+        other = _program_view(config)
         for k in sorted(set(first) | set(other)):
-            a, b = first.get(k), other.get(k)
-            shapes = BUNDLE_KEYS[k] if k in BUNDLE_KEYS else (lambda v: v)
-            if shapes is not None and shapes(a) != shapes(b):
-                allowed = ', '.join(BUNDLE_KEYS)
+            if first.get(k) != other.get(k):
+                zero = ', '.join(name for name, f in BUNDLE_KEYS.items() if f is bool)
                 raise ConfigError(
-                    f'runs of one bundle differ in {k!r} ({a!r} vs {b!r}); only {allowed} may '
-                    'differ (momentum and weight_decay: zero and nonzero do not mix)'
+                    f'runs of one bundle differ in {k!r} ({configs[0].get(k)!r} vs '
+                    f'{config.get(k)!r}); only {", ".join(BUNDLE_KEYS)} may differ ({zero}: '
+                    'zero and nonzero do not mix)'
                 )
 
 

@@ -14,10 +14,13 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
-# Config keys whose values are traced optimizer state (`hyperparams`). Adam's b1/b2
-# stay compiled in: optax derives ``1 - b1`` from them, which in float32 rounds
-# differently from the constant a Python float gives, and would move every Adam run.
-HYPERPARAMS = ('learning_rate', 'weight_decay', 'momentum')
+from normlab.train import bundle
+
+# Config keys whose values are traced optimizer state (`hyperparams`), declared with
+# what splits a bundle (`bundle.OPTIMIZER_SCALARS`). Adam's b1/b2 stay compiled in:
+# optax derives ``1 - b1`` from them, which in float32 rounds differently from the
+# constant a Python float gives, and would move every Adam run.
+HYPERPARAMS = tuple(bundle.OPTIMIZER_SCALARS)
 
 
 def scaled_learning_rate(config) -> float:

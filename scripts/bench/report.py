@@ -243,6 +243,21 @@ def dispatch(result: dict) -> str:
     return _table(header, rows)
 
 
+def _same_errors(row: dict) -> str:
+    """'yes', or how many runs differ, and how far apart the other runs' test losses are
+    (both recorded since `20261202T004003Z-bundles.json`)."""
+    if row['same_eval_errors']:
+        same = 'yes'
+    elif 'runs_with_other_error' in row:
+        same = f'NO: {len(row["runs_with_other_error"])} of {row["runs"]}'
+    else:
+        return 'NO'
+    if 'max_eval_loss_rel_diff_of_the_rest' in row:
+        rest = 'test loss' if row['same_eval_errors'] else 'the rest: test loss'
+        same += f' ({rest} within {row["max_eval_loss_rel_diff_of_the_rest"]:.2g})'
+    return same
+
+
 def bundles(result: dict) -> str:
     rows = [
         [
@@ -253,7 +268,7 @@ def bundles(result: dict) -> str:
             f'{r["solo_s_per_run"]:.2f}',
             f'{r["bundle_s_per_run"]:.2f}',
             _ratio(r['speedup']),
-            'yes' if r['same_eval_errors'] else 'NO',
+            _same_errors(r),
             f'{r["load_before"][0]} -> {r["load_after"][0]}',
         ]
         for r in result['rows']
